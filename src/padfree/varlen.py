@@ -1,0 +1,119 @@
+"""Packed-batch metadata: where each document starts and ends inside one packed row.
+
+A packed row is `[1, T]`: documents laid end to end. `cu_seqlens` holds the cumulative document
+lengths `[0, len_0, len_0 + len_1, ..., T]` (int32, the layout FLA and flash-attn take). It is
+built once per batch, on the host, from lengths or from position_ids that restart at 0, and then
+passed explicitly to every layer: no layer re-derives it, and no layer syncs with the host for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Document boundaries of one packed row.
+
+    cu_seqlens:      [N + 1] int32 on the row's device, for kernels.
+    cu_seqlens_host: the same offsets as a tuple of Python ints, for Python-level slicing without
+                     a device-to-host sync.
+    max_seqlen:      the longest document's length.
+    """
+
+    cu_seqlens: torch.Tensor
+    cu_seqlens_host: tuple[int, ...]
+    max_seqlen: int
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.cu_seqlens_host) - 1
+
+    @property
+    def total_len(self) -> int:
+        return self.cu_seqlens_host[-1]
+
+    @property
+    def lengths(self) -> list[int]:
+        offsets = self.cu_seqlens_host
+        return [offsets[i + 1] - offsets[i] for i in range(self.num_docs)]
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return PackedBatch(self.cu_seqlens.to(device), self.cu_seqlens_host, self.max_seqlen)
+
+
+def packed_from_lengths(lengths: Sequence[int], device: torch.device | str = "cpu") -> PackedBatch:
+    """Metadata for a row made of documents of the given lengths, in order."""
+    lengths = [int(n) for n in lengths]
+    if not lengths:
+        raise ValueError("a packed row needs at least one document; got an empty list of lengths.")
+    bad = [n for n in lengths if n <= 0]
+    if bad:
+        raise ValueError(f"document lengths must be positive, got {bad}; drop empty documents before packing.")
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=device)
+    return PackedBatch(cu_seqlens, tuple(offsets), max(lengths))
+
+
+def packed_from_cu_seqlens(cu_seqlens: torch.Tensor | Sequence[int], total_len: int) -> PackedBatch:
+    """Validate `cu_seqlens` for a row of `total_len` tokens and wrap it (one host copy)."""
+    device = cu_seqlens.device if isinstance(cu_seqlens, torch.Tensor) else torch.device("cpu")
+    offsets = [int(x) for x in (cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens)]
+    if len(offsets) < 2 or offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0 and hold at least two offsets, got {offsets[:8]}.")
+    steps = [b - a for a, b in zip(offsets, offsets[1:])]
+    if any(step <= 0 for step in steps):
+        where = next(i for i, step in enumerate(steps) if step <= 0)
+        raise ValueError(
+            f"cu_seqlens must be strictly increasing, but offset {where + 1} is {offsets[where + 1]} after "
+            f"{offsets[where]}; remove empty documents (padfree.collate never makes them)."
+        )
+    if offsets[-1] != total_len:
+        raise ValueError(
+            f"cu_seqlens ends at {offsets[-1]} but the row has {total_len} tokens; the last offset must equal "
+            "the row length (pad with a dummy document, as padfree.collate(pad_to=...) does)."
+        )
+    return PackedBatch(torch.tensor(offsets, dtype=torch.int32, device=device), tuple(offsets), max(steps))
+
+
+def packed_from_position_ids(position_ids: torch.Tensor) -> PackedBatch:
+    """Metadata from position_ids `[1, T]` that count 0, 1, 2, ... inside each document.
+
+    A document starts wherever the position is 0. Inside a document positions must go up by exactly
+    one; anything else (a row not starting at 0, a skip, a step backwards to a non-zero value) is
+    rejected, since it would otherwise be read as a silently wrong boundary.
+    """
+    if position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        raise ValueError(
+            f"a packed row must have batch size 1, got position_ids of shape {tuple(position_ids.shape)}; "
+            "pack the samples into one row with padfree.collate."
+        )
+    positions = position_ids[0].to("cpu", torch.long)  # the one host sync of a packed batch
+    if positions.numel() == 0:
+        raise ValueError("position_ids is empty; a packed row needs at least one token.")
+    if positions[0].item() != 0:
+        raise ValueError(f"position_ids must start at 0, got {positions[0].item()}; each document counts from 0.")
+    starts = positions == 0
+    steps_ok = starts[1:] | (positions[1:] == positions[:-1] + 1)
+    if not bool(steps_ok.all()):
+        i = int((~steps_ok).nonzero()[0]) + 1
+        raise ValueError(
+            f"position_ids jump from {positions[i - 1].item()} to {positions[i].item()} at token {i}: inside a "
+            "document they must go up by 1, and a new document must restart at 0."
+        )
+    start_idx = starts.nonzero().flatten().tolist()
+    return packed_from_lengths(
+        [b - a for a, b in zip(start_idx, start_idx[1:] + [positions.numel()])], device=position_ids.device
+    )
+
+
+def position_ids_restart(position_ids: torch.Tensor | None) -> bool:
+    """True when a single row's position_ids go back to 0 after the first token (a packed row)."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1 or position_ids.shape[1] < 2:
+        return False
+    return bool((position_ids[0, 1:] == 0).any())
