@@ -1,6 +1,23 @@
-"""padfree: padding-free (packed-sequence) training of Qwen3.5-family hybrid models."""
+"""padfree: padding-free (packed-sequence) training of Qwen3.5-family hybrid models.
 
+    import padfree
+    padfree.patch(model)                       # Qwen3.5 / Qwen3.5-MoE / Qwen3-Next causal LM
+    batch = padfree.collate(samples)           # one packed row with its document boundaries
+    loss = model(**batch).loss                 # every layer keeps the documents apart
+"""
+
+from padfree.collate import collate
+from padfree.models import is_patched, patch, unpatch
 from padfree.varlen import PackedBatch, packed_from_cu_seqlens, packed_from_lengths, packed_from_position_ids
 
-__all__ = ["PackedBatch", "packed_from_cu_seqlens", "packed_from_lengths", "packed_from_position_ids"]
+__all__ = [
+    "PackedBatch",
+    "collate",
+    "is_patched",
+    "packed_from_cu_seqlens",
+    "packed_from_lengths",
+    "packed_from_position_ids",
+    "patch",
+    "unpatch",
+]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ with `save_pretrained` and loaded back with `from_pretrained`, the path real che
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -65,10 +66,26 @@ def causal_lm_class(family: str):
     }[family]
 
 
+def _realistic_gates(model: torch.nn.Module) -> None:
+    """Give every Gated DeltaNet layer the time-step init of the GDN/Mamba papers.
+
+    transformers initialises dt_bias to 1, so g = -A * softplus(a + 1) is about -10 and exp(g) about
+    1e-4: the state forgets everything at each token. Then a document leaking into the next one is
+    invisible, and gradients through the gate are smaller than fp32 rounding. Trained checkpoints
+    keep state across many tokens; dt ~ U_log[1e-3, 1e-1] (dt_bias = softplus^-1(dt)) does too.
+    """
+    for module in model.modules():
+        if hasattr(module, "dt_bias") and hasattr(module, "A_log"):
+            dt = torch.exp(torch.empty_like(module.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+            with torch.no_grad():
+                module.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
 def save_tiny_model(family: str, folder: str | Path, seed: int = 0, **overrides) -> Path:
     """Build a randomly initialised tiny model of `family` and `save_pretrained` it into `folder`."""
     torch.manual_seed(seed)
     model = causal_lm_class(family)(tiny_config(family, **overrides))
+    _realistic_gates(model)
     model.save_pretrained(folder)
     return Path(folder)
 

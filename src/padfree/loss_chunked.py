@@ -1,0 +1,219 @@
+"""Chunked linear cross-entropy: summed CE of `hidden @ weight.T` without ever holding [T, V] logits.
+
+Shape letters: T tokens, H hidden size, V vocabulary, C rows of one chunk (C <= T).
+
+Qwen3.5's vocabulary is V = 248,320. Full logits for T = 16,384 tokens are T*V*4 B = 16.3 GB in fp32,
+and plain autograd keeps several such tensors (bf16 logits, their fp32 upcast, log-softmax, its
+gradient). Here the forward walks over the tokens C rows at a time, and for each chunk computes the
+logits, the loss and, at once, the chunk's gradients: d(loss)/d(hidden) for those rows and its
+contribution to d(loss)/d(weight) (fp32 accumulator). Only those gradients are saved; backward just
+scales them by the incoming scalar gradient. Logits are computed in the input dtype (as
+`nn.Linear` does) and upcast to fp32 for log-softmax: the numbers transformers' loss sees.
+
+Memory math, per chunk, e = bytes per element of the input dtype (bf16: 2, fp32: 4):
+  logits [C, V] in the input dtype, then the fp32 upcast (the e-byte logits are freed right after),
+  then log-softmax into a new fp32 buffer: at most 2 fp32 buffers at once, C*V*8 bytes.
+  d(logits) = exp(log-softmax) - onehot, written straight in the input dtype: C*V*(4 + e) <= C*V*8.
+  d(weight) for the chunk: g.T @ h is a [V, H] temporary in the input dtype (none for fp32, which
+  accumulates with addmm_), alongside the C*V*e gradient: C*V*e + V*H*e.
+  So the op's own peak is max(C*V*8, C*V*e + V*H*e), and `chunk_rows_for_budget` picks C with
+  C*V*8 <= budget. Kept from forward to backward: d(hidden) [T, H] in the input dtype, d(weight) [V, H]
+  and d(bias) [V] in fp32. Not counted: the inputs and the fp32 d(weight) accumulator.
+  At T = 16384, H = 1024, V = 248320, bf16, default 2 GiB budget: C = 1024, peak 1024*248320*8 B
+  = 2.03 GB (1.89 GiB); the d(weight) phase is 0.51 GB + 0.51 GB. The fp32 accumulator is 1.02 GB.
+  Measured there (benchmarks/bench_loss.py, H100, torch 2.11): 2.90 GiB above the inputs for forward
+  + backward = 1.89 op + 0.95 accumulator + 0.03 d(hidden); full logits: 45.5 GiB.
+Ignored targets are masked on the [C, H] side (their hidden rows and d(hidden) rows are zeroed), so
+masking costs C*H work instead of a pass over C*V.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+DEFAULT_BUDGET_BYTES = 2 * 1024**3  # the op's own transient memory, see the module docstring
+BYTES_PER_LOGIT = 8  # two [C, V] fp32 buffers at once: upcast logits and their log-softmax
+_ROW_MULTIPLE = 128  # chunk rows rounded down to a multiple of this: matmul tiles stay full
+
+
+def chunk_rows_for_budget(vocab_size: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
+    """Rows C per chunk so that the chunk's transient buffers, C * V * 8 bytes, fit in budget_bytes."""
+    if budget_bytes <= 0:
+        raise ValueError(
+            f"memory budget must be positive, got {budget_bytes} bytes; the default is {DEFAULT_BUDGET_BYTES}."
+        )
+    rows = budget_bytes // (vocab_size * BYTES_PER_LOGIT)
+    if rows >= 2 * _ROW_MULTIPLE:
+        rows -= rows % _ROW_MULTIPLE
+    return max(1, int(rows))
+
+
+def chunk_log_softmax(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, bias_V: torch.Tensor | None) -> torch.Tensor:
+    """fp32 log-softmax [C, V] of one chunk's logits, computed in the input dtype first (as nn.Linear)."""
+    logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V).float()
+    # Not log_softmax(dtype=fp32) on the e-byte logits: on CPU that keeps them alive beside two fp32 buffers.
+    return torch.log_softmax(logits_CV, dim=1)
+
+
+def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V):
+    """Summed CE of one chunk; adds its gradients into dh_CH (written), dw_VH, db_V (accumulated) if given.
+
+    A function of its own so that every [C, V] temporary is freed when it returns.
+    """
+    trained_C = targets_C != ignore_index
+    safe_C1 = torch.where(trained_C, targets_C, 0).unsqueeze(1)  # -100 is no valid index
+    logp_CV = chunk_log_softmax(hidden_CH, weight_VH, bias_V)
+    logp_target_C = logp_CV.gather(1, safe_C1).squeeze(1)
+    loss = -torch.where(trained_C, logp_target_C, 0.0).sum()  # where: ignored rows add an exact 0
+    if dh_CH is None and dw_VH is None and db_V is None:
+        return loss
+    # d(sum CE)/d(logits) = softmax - onehot(target), rounded once to the input dtype, as autograd does.
+    dtype = hidden_CH.dtype
+    if dtype == torch.float32:
+        grad_CV = logp_CV.exp_()
+    else:
+        grad_CV = torch.empty(logp_CV.shape, dtype=dtype, device=logp_CV.device)
+        torch.exp(logp_CV, out=grad_CV)
+    del logp_CV
+    grad_CV.scatter_(1, safe_C1, (logp_target_C.exp() - 1).to(dtype).unsqueeze(1))
+    # Ignored rows of grad_CV are left as they are; zeroing their [C, H] partners masks them exactly.
+    trained_C1 = trained_C.unsqueeze(1).to(dtype)
+    if dh_CH is not None:
+        torch.mm(grad_CV, weight_VH, out=dh_CH)
+        dh_CH.mul_(trained_C1)
+    if dw_VH is not None:
+        if dtype == torch.float32:
+            dw_VH.addmm_(grad_CV.t(), hidden_CH * trained_C1)
+        else:  # addmm_ cannot mix dtypes: one [V, H] temporary in the input dtype
+            dw_VH += grad_CV.t() @ (hidden_CH * trained_C1)
+    if db_V is not None:
+        db_V += torch.mv(grad_CV.t(), trained_C1.squeeze(1))
+    return loss
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Forward: summed CE and all its gradients, chunk by chunk. Backward: gradients * d(out)."""
+
+    @staticmethod
+    def forward(ctx, hidden_TH, weight_VH, bias_V, targets_T, chunk_rows, ignore_index, need_dh, need_dw, need_db):
+        num_tokens, vocab = hidden_TH.shape[0], weight_VH.shape[0]
+        loss = torch.zeros((), dtype=torch.float32, device=hidden_TH.device)
+        dh_TH = torch.empty_like(hidden_TH) if need_dh else None
+        dw_VH = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_dw else None
+        db_V = torch.zeros(vocab, dtype=torch.float32, device=weight_VH.device) if need_db else None
+        for start in range(0, num_tokens, chunk_rows):
+            end = min(start + chunk_rows, num_tokens)
+            dh_CH = None if dh_TH is None else dh_TH[start:end]
+            loss += _chunk_loss_and_grads(
+                hidden_TH[start:end], targets_T[start:end], weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V
+            )
+        ctx.save_for_backward(dh_TH, dw_VH, db_V)
+        ctx.weight_dtype = weight_VH.dtype
+        ctx.bias_dtype = None if bias_V is None else bias_V.dtype
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        grad_hidden_TH, grad_weight_VH, grad_bias_V = ctx.saved_tensors
+        dh = dw = db = None
+        if grad_hidden_TH is not None:
+            dh = grad_hidden_TH * grad_loss.to(grad_hidden_TH.dtype)
+        if grad_weight_VH is not None:
+            # Scale in fp32 and write straight into the weight dtype: no [V, H] fp32 temporary.
+            dw = torch.empty(grad_weight_VH.shape, dtype=ctx.weight_dtype, device=grad_weight_VH.device)
+            torch.mul(grad_weight_VH, grad_loss, out=dw)
+        if grad_bias_V is not None:
+            db = (grad_bias_V * grad_loss).to(ctx.bias_dtype)
+        return dh, dw, db, None, None, None, None, None, None
+
+
+def check_linear_inputs(
+    hidden_TH: torch.Tensor, weight_VH: torch.Tensor, targets_T: torch.Tensor, bias_V: torch.Tensor | None
+) -> None:
+    """Raise ValueError naming the offending shapes/dtypes/devices, and the fix, for a [T,H] x [V,H] op."""
+    if hidden_TH.dim() != 2 or weight_VH.dim() != 2:
+        raise ValueError(
+            f"expected hidden_TH [T, H] and weight_VH [V, H], got {tuple(hidden_TH.shape)} and "
+            f"{tuple(weight_VH.shape)}; flatten batch dims first (hidden.reshape(-1, H))."
+        )
+    if hidden_TH.shape[1] != weight_VH.shape[1]:
+        raise ValueError(
+            f"hidden size mismatch: hidden_TH has H={hidden_TH.shape[1]}, weight_VH has H={weight_VH.shape[1]}."
+        )
+    if targets_T.shape != (hidden_TH.shape[0],):
+        raise ValueError(f"targets_T must be [T] = [{hidden_TH.shape[0]}], got {tuple(targets_T.shape)}.")
+    if targets_T.is_floating_point() or targets_T.is_complex():
+        raise ValueError(f"targets_T must hold integer token ids, got dtype {targets_T.dtype}; use .long().")
+    if not hidden_TH.is_floating_point():
+        raise ValueError(f"hidden_TH must be floating point, got {hidden_TH.dtype}.")
+    if hidden_TH.dtype != weight_VH.dtype or (bias_V is not None and bias_V.dtype != weight_VH.dtype):
+        raise ValueError(
+            f"dtype mismatch: hidden {hidden_TH.dtype}, weight {weight_VH.dtype}, bias "
+            f"{None if bias_V is None else bias_V.dtype}; cast them to one dtype (e.g. hidden.to(weight.dtype)) "
+            "or call under torch.autocast, which picks the compute dtype."
+        )
+    if bias_V is not None and bias_V.shape != (weight_VH.shape[0],):
+        raise ValueError(f"bias_V must be [V] = [{weight_VH.shape[0]}], got {tuple(bias_V.shape)}.")
+    devices = {t.device for t in (hidden_TH, weight_VH, targets_T, bias_V) if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"inputs live on different devices {sorted(map(str, devices))}; move them to one device.")
+
+
+def apply_autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Cast float tensors to the autocast dtype when autocast is on for their device (as F.linear would).
+
+    The cast is an ordinary differentiable op, so gradients flow back in each tensor's own dtype.
+    """
+    device_type = next(t for t in tensors if t is not None).device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def chunked_linear_cross_entropy(
+    hidden_TH: torch.Tensor,
+    weight_VH: torch.Tensor,
+    targets_T: torch.Tensor,
+    *,
+    bias_V: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    ignore_index: int = -100,
+    memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """Summed cross-entropy of `hidden_TH @ weight_VH.T (+ bias_V)` against `targets_T`, in chunks.
+
+    hidden_TH: [T, H], weight_VH: [V, H], bias_V: [V] or None — one float dtype (or under autocast).
+    targets_T: [T] integer ids in [0, V), or `ignore_index` for tokens that are not trained.
+    chunk_size: rows per chunk; None sizes chunks from `memory_budget_bytes` (module docstring).
+    Returns a 0-d fp32 tensor: the SUM over trained tokens (divide by a token count yourself, see
+    padfree.loss). Equals F.cross_entropy(hidden @ W.T + b, targets, reduction="sum").
+
+    Gradients (computed during the forward, returned in each input's dtype) are produced only for
+    inputs that require grad: a frozen lm_head (LoRA) skips the d(weight) matmul entirely.
+    All targets ignored gives exactly 0 and exactly-zero gradients. T = 0 is allowed and gives 0
+    (a sequence-parallel rank may hold no tokens; it must still join the backward).
+    Out-of-range targets are not checked (that needs a host sync): torch's gather raises on CPU.
+
+    >>> h, w = torch.randn(5, 8), torch.randn(11, 8)
+    >>> t = torch.tensor([1, -100, 3, 10, 0])
+    >>> ref = torch.nn.functional.cross_entropy(h @ w.T, t, reduction="sum")
+    >>> bool(torch.allclose(chunked_linear_cross_entropy(h, w, t, chunk_size=2), ref, atol=1e-5))
+    True
+    """
+    hidden_TH, weight_VH, bias_V = apply_autocast(hidden_TH, weight_VH, bias_V)
+    check_linear_inputs(hidden_TH, weight_VH, targets_T, bias_V)
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}; pass None to size chunks from the budget.")
+    rows = chunk_size or chunk_rows_for_budget(weight_VH.shape[0], memory_budget_bytes)
+    grad_on = torch.is_grad_enabled()
+    need_dh = grad_on and hidden_TH.requires_grad
+    need_dw = grad_on and weight_VH.requires_grad
+    need_db = grad_on and bias_V is not None and bias_V.requires_grad
+    # The gradients are computed inside forward; autocast must not re-cast those matmuls.
+    with torch.autocast(device_type=hidden_TH.device.type, enabled=False):
+        return _ChunkedLinearCrossEntropy.apply(
+            hidden_TH, weight_VH, bias_V, targets_T.long(), rows, ignore_index, need_dh, need_dw, need_db
+        )

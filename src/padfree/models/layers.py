@@ -1,0 +1,82 @@
+"""Packed-row forwards for the two token mixers of Qwen3.5-family models.
+
+Each function takes the upstream module (its parameters and sizes are used as they are) and a
+`PackedBatch`, and computes what the upstream forward computes for each document on its own, in
+one pass over the packed row. Only the parts that would mix documents change: the causal conv1d
+and the gated delta rule take `cu_seqlens`, and attention is varlen. Everything else (projections,
+norms, gates, rotary embeddings) is the module's own code or transformers' own function.
+
+Shapes: T tokens of the row (batch is 1), H heads, HV value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from padfree.ops.attention import varlen_attention
+from padfree.ops.conv1d import causal_conv1d
+from padfree.ops.gated_delta import chunk_gated_delta_rule
+from padfree.varlen import PackedBatch
+
+
+def _gdn_projections(module, hidden_1TC: torch.Tensor):
+    """(mixed_qkv [1, T, 2*H*Dk + HV*Dv], z [1, T, HV, Dv], b [1, T, HV], a [1, T, HV]) of a GDN layer."""
+    if hasattr(module, "in_proj_qkvz"):  # Qwen3-Next: one fused projection with a head-interleaved layout
+        q, k, v, z, b, a = module.fix_query_key_value_ordering(
+            module.in_proj_qkvz(hidden_1TC), module.in_proj_ba(hidden_1TC)
+        )
+        mixed_qkv = torch.cat([x.flatten(2) for x in (q, k, v)], dim=-1)
+        return mixed_qkv, z, b, a
+    z = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
+    return module.in_proj_qkv(hidden_1TC), z, module.in_proj_b(hidden_1TC), module.in_proj_a(hidden_1TC)
+
+
+def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch, backend: str) -> torch.Tensor:
+    """A Qwen3.5 / Qwen3-Next Gated DeltaNet layer over a packed row; state restarts per document."""
+    mixed_qkv, z_1THD, b_1TH, a_1TH = _gdn_projections(module, hidden_1TC)
+    mixed_qkv = causal_conv1d(
+        mixed_qkv,
+        module.conv1d.weight.squeeze(1),
+        module.conv1d.bias,
+        activation=module.activation,
+        cu_seqlens=packed.cu_seqlens,
+        backend=backend,
+    )
+    q, k, v = torch.split(mixed_qkv, [module.key_dim, module.key_dim, module.value_dim], dim=-1)
+    q_1THD = q.unflatten(-1, (-1, module.head_k_dim))
+    k_1THD = k.unflatten(-1, (-1, module.head_k_dim))
+    v_1THD = v.unflatten(-1, (-1, module.head_v_dim))
+    beta_1TH = b_1TH.sigmoid()
+    # fp32 as upstream: in half precision exp(A_log) can overflow to inf
+    g_1TH = -module.A_log.float().exp() * F.softplus(a_1TH.float() + module.dt_bias)
+    o_1THD, _ = chunk_gated_delta_rule(
+        q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH,
+        cu_seqlens=packed.cu_seqlens, use_qk_l2norm_in_kernel=True, backend=backend,
+    )  # fmt: skip
+    o = module.norm(o_1THD.reshape(-1, module.head_v_dim), z_1THD.reshape(-1, module.head_v_dim))
+    return module.out_proj(o.reshape(hidden_1TC.shape[0], hidden_1TC.shape[1], -1))
+
+
+def attention_packed(
+    module, hidden_1TC: torch.Tensor, position_embeddings, packed: PackedBatch, backend: str
+) -> tuple[torch.Tensor, None]:
+    """A Qwen3.5-family gated attention layer over a packed row; each document attends to itself only."""
+    T, D = hidden_1TC.shape[1], module.head_dim
+    q_gate = module.q_proj(hidden_1TC).view(1, T, -1, 2 * D)
+    q_1THD, gate_1THD = q_gate.chunk(2, dim=-1)
+    q_1THD = module.q_norm(q_1THD)
+    k_1THD = module.k_norm(module.k_proj(hidden_1TC).view(1, T, -1, D))
+    v_1THD = module.v_proj(hidden_1TC).view(1, T, -1, D)
+    # The family's own rotary function (partial rotary); unsqueeze_dim=2 for the [1, T, H, D] layout.
+    apply_rotary_pos_emb = sys.modules[type(module).__module__].apply_rotary_pos_emb
+    cos, sin = position_embeddings
+    q_1THD, k_1THD = apply_rotary_pos_emb(q_1THD, k_1THD, cos, sin, unsqueeze_dim=2)
+    o_THD = varlen_attention(
+        q_1THD[0], k_1THD[0], v_1THD[0], packed.cu_seqlens, packed.max_seqlen,
+        scale=module.scaling, backend=backend, cu_seqlens_host=packed.cu_seqlens_host,
+    )  # fmt: skip
+    o_1TC = o_THD.reshape(1, T, -1) * torch.sigmoid(gate_1THD.reshape(1, T, -1))
+    return module.o_proj(o_1TC), None

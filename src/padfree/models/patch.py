@@ -1,0 +1,118 @@
+"""`patch(model)` / `unpatch(model)`: instance-level, idempotent, reversible.
+
+Patching sets an instance attribute `forward` on the causal LM and on each Gated DeltaNet and
+attention module; the class is never touched, so other instances (and the upstream reference runs
+in padfree's tests) are unaffected. `unpatch` deletes those attributes, which restores the class
+forward exactly. Ordinary (unpacked) batches go straight to the upstream forward.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import transformers
+from packaging.version import Version
+
+from padfree.models.causal_lm import PACKED_KWARG, packed_causal_lm_forward
+from padfree.models.layers import attention_packed, gated_deltanet_packed
+
+# The one transformers version gate: 5.9 is the first release whose Qwen3.5 Gated DeltaNet accepts
+# cu_seq_lens_q and whose decoder layers forward extra keywords to their mixers; 6 may change both.
+MIN_TRANSFORMERS, MAX_TRANSFORMERS = Version("5.9"), Version("6")
+
+SUPPORTED_CLASSES = (
+    "Qwen3_5ForCausalLM",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForCausalLM",
+    "Qwen3_5MoeForConditionalGeneration",
+    "Qwen3NextForCausalLM",
+)
+_MARK = "_padfree_settings"
+
+
+def check_transformers_version() -> None:
+    found = Version(transformers.__version__)
+    if not (MIN_TRANSFORMERS <= found < MAX_TRANSFORMERS):
+        raise RuntimeError(
+            f"padfree supports transformers >={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS}; found {found}. "
+            f"pip install 'transformers>={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS}'."
+        )
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (patching it patches what peft calls)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def _mixers(model: torch.nn.Module):
+    """(kind, module) for every token mixer of the language model's decoder layers."""
+    for layer in model.modules():
+        if hasattr(layer, "linear_attn"):
+            yield "gdn", layer.linear_attn
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_norm"):
+            yield "attention", layer.self_attn
+
+
+def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_backend: str):
+    upstream = type(module).forward.__get__(module)
+
+    @functools.wraps(upstream)
+    def forward(*args, **kwargs):
+        packed = kwargs.pop(PACKED_KWARG, None)
+        if packed is None:
+            return upstream(*args, **kwargs)
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if kind == "gdn":
+            return gated_deltanet_packed(module, hidden, packed, backend)
+        return attention_packed(module, hidden, kwargs["position_embeddings"], packed, attention_backend)
+
+    return forward
+
+
+def patch(
+    model: torch.nn.Module, *, backend: str = "auto", attention_backend: str = "auto", fused_loss: bool = True
+) -> torch.nn.Module:
+    """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
+
+    backend:           kernels for the Gated DeltaNet conv and recurrence: "auto", "torch", "fla".
+    attention_backend: varlen attention: "auto", "varlen_attn", "flash_attn", "sdpa_per_doc".
+    fused_loss:        in training mode with labels, compute the loss chunk by chunk without the
+                       [T, vocab] logits (the output's `logits` is then None).
+    Calling it again updates the settings; `unpatch` undoes it.
+    """
+    check_transformers_version()
+    inner = _unwrap(model)
+    name = type(inner).__name__
+    if name not in SUPPORTED_CLASSES:
+        raise TypeError(
+            f"padfree.patch supports {', '.join(SUPPORTED_CLASSES)}; got {name}. Load the model with "
+            "AutoModelForCausalLM from a Qwen3.5, Qwen3.5-MoE or Qwen3-Next checkpoint."
+        )
+    unpatch(inner)
+    mixers = list(_mixers(inner))
+    if not any(kind == "gdn" for kind, _ in mixers):
+        raise TypeError(f"{name} has no Gated DeltaNet layers padfree recognises; is it a text model?")
+    for kind, module in mixers:
+        module.forward = _mixer_forward(kind, module, backend, attention_backend)
+    upstream = type(inner).forward.__get__(inner)
+    inner.forward = functools.wraps(upstream)(
+        functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss)
+    )
+    setattr(inner, _MARK, dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss))
+    return model
+
+
+def unpatch(model: torch.nn.Module) -> torch.nn.Module:
+    """Restore upstream behaviour exactly (a no-op on an unpatched model); returns the same object."""
+    inner = _unwrap(model)
+    for _, module in _mixers(inner):
+        module.__dict__.pop("forward", None)
+    inner.__dict__.pop("forward", None)
+    inner.__dict__.pop(_MARK, None)
+    return model
+
+
+def is_patched(model: torch.nn.Module) -> bool:
+    return hasattr(_unwrap(model), _MARK)

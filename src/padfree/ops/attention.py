@@ -1,0 +1,244 @@
+"""Varlen causal attention over a packed row: each document attends to itself only.
+
+Legend: T tokens of the packed row, H query heads, HKV key/value heads (H a multiple of HKV:
+grouped-query attention, query head h reads key/value head h // (H // HKV)), D head dim,
+N documents, Ld one document's length.
+
+Backends (a plain `backend=` argument):
+  "varlen_attn"   PyTorch's own `torch.nn.attention.varlen.varlen_attn` (FlashAttention-2 inside
+                  PyTorch): CUDA, fp16/bf16, head dim <= 256.
+  "flash_attn"    `flash_attn_varlen_func` of flash-attn 2 (or 3, when only that is installed).
+  "sdpa_per_doc"  exact fallback on any device and dtype: `F.scaled_dot_product_attention` per
+                  group of equal-length documents; costs sum(Ld^2), never T^2.
+  "auto"          varlen_attn on CUDA with fp16/bf16, else flash_attn if installed, else sdpa_per_doc.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BACKENDS", "varlen_attention"]
+
+BACKENDS = ("auto", "varlen_attn", "flash_attn", "sdpa_per_doc")
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_FLASH_MAX_HEAD_DIM = 256
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float | None = None,
+    backend: str = "auto",
+    cu_seqlens_host: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Causal attention within each document of a packed row; documents never see each other.
+
+    Args:
+        q: [T, H, D]; k, v: [T, HKV, D], all of one dtype and device.
+        cu_seqlens: [N + 1] integer offsets on q's device, 0 = cu[0] < ... < cu[N] = T.
+        max_seqlen: length of the longest document (the flash kernels size their grid with it).
+        scale: softmax scale; None means D ** -0.5.
+        backend: one of BACKENDS.
+        cu_seqlens_host: the offsets as Python ints (`PackedBatch.cu_seqlens_host`); with it the
+            checks and "sdpa_per_doc" need no device-to-host copy.
+
+    Returns:
+        [T, H, D] in q's dtype.
+
+    Example:
+        >>> q, k, v = torch.randn(7, 4, 8), torch.randn(7, 2, 8), torch.randn(7, 2, 8)
+        >>> cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+        >>> varlen_attention(q, k, v, cu, max_seqlen=4, backend="sdpa_per_doc").shape
+        torch.Size([7, 4, 8])
+    """
+    offsets = _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    kind = _resolve(backend, q)
+    if kind == "varlen_attn":
+        return _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale)
+    elif kind == "flash_attn":
+        return _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale)
+    elif kind == "sdpa_per_doc":
+        if offsets is None:
+            offsets = tuple(cu_seqlens.tolist())
+        return _sdpa_per_doc(q, k, v, offsets, scale)
+    else:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}; pass one of those.")
+
+
+def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int, ...] | None:
+    """Raise ValueError on inputs any backend would misread; return the host offsets if known."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(
+            f"q, k, v must be [T, H, D] (no batch dim), got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}; pass q[0] for a packed [1, T, H, D] row."
+        )
+    T, H, D = q.shape
+    if k.shape != v.shape or k.shape[0] != T or k.shape[2] != D:
+        raise ValueError(
+            f"k and v must both be [T, HKV, D] = [{T}, HKV, {D}] for q of shape {tuple(q.shape)}, "
+            f"got k {tuple(k.shape)} and v {tuple(v.shape)}."
+        )
+    HKV = k.shape[1]
+    if HKV == 0 or H % HKV != 0:
+        raise ValueError(
+            f"q has H = {H} heads, not a multiple of k/v's HKV = {HKV}; grouped-query attention needs "
+            "H % HKV == 0 (check num_attention_heads and num_key_value_heads)."
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one dtype.")
+    if not (q.device == k.device == v.device == cu_seqlens.device):
+        raise ValueError(
+            f"q, k, v, cu_seqlens are on {q.device}, {k.device}, {v.device}, {cu_seqlens.device}; "
+            "move them to one device."
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+        raise ValueError(
+            f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} of shape "
+            f"{tuple(cu_seqlens.shape)}."
+        )
+    if not isinstance(max_seqlen, int) or max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be a positive int (the longest document's length), got {max_seqlen!r}.")
+    if cu_seqlens_host is not None:
+        offsets = tuple(int(o) for o in cu_seqlens_host)
+        if len(offsets) != cu_seqlens.numel():
+            raise ValueError(f"cu_seqlens_host has {len(offsets)} offsets but cu_seqlens has {cu_seqlens.numel()}.")
+    elif torch.compiler.is_compiling():
+        return None  # values are trusted inside a compiled graph; checking them would sync and break it
+    else:
+        offsets = tuple(cu_seqlens.tolist())
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:8])}; the first document starts the row.")
+    lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+    if min(lengths) <= 0:
+        i = next(i for i, n in enumerate(lengths) if n <= 0)
+        raise ValueError(
+            f"cu_seqlens must be strictly increasing, but offset {i + 1} is {offsets[i + 1]} after {offsets[i]}; "
+            "drop empty documents."
+        )
+    if offsets[-1] != T:
+        raise ValueError(
+            f"cu_seqlens ends at {offsets[-1]} but q has T = {T} tokens; the last offset must equal T "
+            "(pad with a dummy document rather than leaving tokens uncovered)."
+        )
+    if max_seqlen < max(lengths):
+        raise ValueError(
+            f"max_seqlen = {max_seqlen} is shorter than the longest document ({max(lengths)} tokens); flash "
+            "kernels would skip its tail. Pass PackedBatch.max_seqlen."
+        )
+    return offsets
+
+
+def _resolve(backend: str, q: torch.Tensor) -> str:
+    """The concrete backend for `backend` and q's device/dtype; explicit choices that cannot run raise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}; pass one of those.")
+    if backend == "sdpa_per_doc":
+        return backend
+    flash_ok = q.is_cuda and q.dtype in _FLASH_DTYPES and q.shape[-1] <= _FLASH_MAX_HEAD_DIM
+    if backend == "auto":
+        if flash_ok and _torch_varlen_attn() is not None:
+            return "varlen_attn"
+        if flash_ok and _flash_attn_varlen_func() is not None:
+            return "flash_attn"
+        return "sdpa_per_doc"
+    if not flash_ok:
+        raise ValueError(
+            f"backend={backend!r} needs CUDA tensors in fp16/bf16 with head dim <= {_FLASH_MAX_HEAD_DIM}, got "
+            f"{q.dtype} on {q.device} with head dim {q.shape[-1]}; use backend='sdpa_per_doc' (any device/dtype)."
+        )
+    if backend == "varlen_attn" and _torch_varlen_attn() is None:
+        raise ValueError(
+            f"backend='varlen_attn' needs torch.nn.attention.varlen (PyTorch >= 2.10), this is {torch.__version__}; "
+            "upgrade torch or use backend='flash_attn' / 'sdpa_per_doc'."
+        )
+    if backend == "flash_attn" and _flash_attn_varlen_func() is None:
+        raise ValueError("backend='flash_attn' needs flash-attn: pip install flash-attn --no-build-isolation.")
+    return backend
+
+
+@functools.cache
+def _torch_varlen_attn():
+    """(varlen_attn, its parameter names), or None on a PyTorch without it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+@functools.cache
+def _flash_attn_varlen_func():
+    """flash-attn 2's `flash_attn_varlen_func`, else flash-attn 3's (Hopper build), else None."""
+    for module in ("flash_attn", "flash_attn_interface"):
+        try:
+            return importlib.import_module(module).flash_attn_varlen_func
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale):
+    varlen_attn, params = _torch_varlen_attn()
+    H, HKV, D = q.shape[1], k.shape[1], q.shape[2]
+    kwargs = {}
+    # Its signature moved between releases: torch 2.10/2.11 take is_causal=; later ones spell causal
+    # as window_size=(-1, 0) (compared to that tuple, so a list would silently mean non-causal).
+    if "is_causal" in params:
+        kwargs["is_causal"] = True
+    elif "window_size" in params:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        raise RuntimeError(f"torch {torch.__version__}: varlen_attn takes neither is_causal nor window_size.")
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif scale != D**-0.5:
+        q = q * (scale * D**0.5)  # the kernel applies D ** -0.5; fold the rest into q
+    if H != HKV:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:  # repeat each key/value head for its group of query heads, as repeat_kv does
+            k = k.repeat_interleave(H // HKV, dim=1)
+            v = v.repeat_interleave(H // HKV, dim=1)
+    cu32 = cu_seqlens.to(torch.int32)
+    return varlen_attn(q, k, v, cu32, cu32, max_seqlen, max_seqlen, **kwargs)
+
+
+def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale):
+    cu32 = cu_seqlens.to(torch.int32)
+    out = _flash_attn_varlen_func()(
+        q, k, v, cu_seqlens_q=cu32, cu_seqlens_k=cu32, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
+        softmax_scale=scale, causal=True,
+    )  # fmt: skip
+    return out[0] if isinstance(out, tuple) else out  # some flash-attn 3 releases also return the LSE
+
+
+def _sdpa_per_doc(q, k, v, offsets: tuple[int, ...], scale: float) -> torch.Tensor:
+    """Exact attention per document; documents of equal length share one batched SDPA call."""
+    H, HKV = q.shape[1], k.shape[1]
+    starts_by_len: dict[int, list[int]] = {}
+    for start, end in zip(offsets, offsets[1:]):
+        starts_by_len.setdefault(end - start, []).append(start)
+    pieces: dict[int, torch.Tensor] = {}
+    for Ld, starts in starts_by_len.items():
+        if len(starts) == 1:
+            q_nLHD, k_nLHD, v_nLHD = (t[starts[0] : starts[0] + Ld].unsqueeze(0) for t in (q, k, v))
+        else:
+            idx_nL = torch.tensor(starts, device=q.device)[:, None] + torch.arange(Ld, device=q.device)
+            q_nLHD, k_nLHD, v_nLHD = q[idx_nL], k[idx_nL], v[idx_nL]
+        o_nHLD = F.scaled_dot_product_attention(
+            q_nLHD.transpose(1, 2), k_nLHD.transpose(1, 2), v_nLHD.transpose(1, 2),
+            is_causal=True, scale=scale, enable_gqa=H != HKV,
+        )  # fmt: skip
+        for start, o_LHD in zip(starts, o_nHLD.transpose(1, 2).unbind(0)):
+            pieces[start] = o_LHD
+    return torch.cat([pieces[start] for start in offsets[:-1]], dim=0)

@@ -1,0 +1,179 @@
+"""Varlen causal depthwise conv1d, the short convolution in front of Gated DeltaNet.
+
+Legend: B batch, T tokens per row, D channels, W kernel width, N documents (sequences).
+
+Backends: "torch" (vectorised PyTorch, any device, autograd, torch.compile), "fla" (FLA's Triton
+kernel, CUDA), "naive" (one `F.conv1d` per document: the oracle), "auto" (see `resolve_backend`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from padfree.ops._backend import resolve_backend
+from padfree.ops.conv1d import naive, torch_backend
+
+__all__ = ["causal_conv1d"]
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv1d over [B, T, D] that restarts at every document boundary.
+
+        y[t, d] = act(bias[d] + sum_{j<W} weight[d, j] * x[t - (W-1) + j, d]),
+
+    where x before a document's start is read from `initial_state` (or is 0), never from the
+    previous document. A subset of FLA 0.6's `fla.modules.causal_conv1d.causal_conv1d` with the
+    same names and meaning; not supported: `residual`, `chunk_indices`, `cp_context`, and FLA's
+    `backend` values ("triton", "cuda", "mix": ours picks an implementation, see below).
+
+    Args:
+        x: [B, T, D]. With `cu_seqlens`, B must be 1 (one packed row).
+        weight: [D, W], e.g. `conv1d.weight.squeeze(1)` of an `nn.Conv1d(D, D, W, groups=D)`.
+        bias: [D] or None.
+        activation: None, "silu" or "swish" (the same function).
+        initial_state: [N, D, W] or None: per document, the W inputs before it (oldest first);
+            the conv reads its last W - 1 columns. N = number of documents, or B without cu_seqlens.
+        output_final_state: also return each document's last W inputs, [N, D, W] in x's dtype,
+            taken from `initial_state` (or 0) where a document is shorter than W.
+        cu_seqlens: [N + 1] integer offsets on x's device, 0 = cu[0] < cu[1] < ... < cu[N] = T.
+        cu_seqlens_cpu: the same offsets on the host (CPU tensor or ints), e.g.
+            `PackedBatch.cu_seqlens_host`. Lets the checks and FLA run without a device sync.
+        backend: "auto", "torch", "fla" (CUDA + flash-linear-attention) or "naive".
+
+    Dtypes: weight, bias and initial_state may have another floating dtype than x (Qwen3.5 runs
+    fp32 or bf16 weights). The sum is accumulated in fp32 (fp64 if any input is fp64) as FLA's
+    kernel does, and y is returned in x's dtype. transformers' fallback instead casts x to the
+    weight's dtype; with bf16 weights ours is the more accurate, by bf16 rounding of the products.
+
+    Returns:
+        y [B, T, D], or (y, final_state) when output_final_state is True. (FLA always returns the
+        pair; padfree returns the bare tensor in the common case.)
+
+    Checks on the values of cu_seqlens run eagerly (from cu_seqlens_cpu when given, else with one
+    device-to-host copy) and are skipped while torch.compile traces, where the graph trusts them.
+
+    Example:
+        >>> x = torch.randn(1, 7, 6)
+        >>> y = causal_conv1d(x, torch.randn(6, 4), activation="silu",
+        ...                   cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32), backend="torch")
+        >>> y.shape
+        torch.Size([1, 7, 6])
+    """
+    host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu)
+    kind = resolve_backend(backend, x.device)
+    if kind == "torch":
+        y, final = torch_backend.causal_conv1d(
+            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens
+        )
+    elif kind == "naive":
+        y, final = naive.causal_conv1d(x, weight, bias, activation, initial_state, output_final_state, cu_seqlens)
+    elif kind == "fla":
+        from padfree.ops.conv1d import fla_backend
+
+        cpu = torch.tensor(host_offsets, dtype=torch.long) if host_offsets is not None else None
+        y, final = fla_backend.causal_conv1d(
+            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, cpu
+        )
+    else:
+        raise ValueError(f"backend {kind!r} has no conv1d implementation; use 'torch', 'fla' or 'naive'.")
+    return (y, final) if output_final_state else y
+
+
+def _check_inputs(
+    x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu
+) -> tuple[int, ...] | None:
+    """Raise ValueError on inputs the backends would misread; return the host offsets if known."""
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must be [B, T, D], got shape {tuple(x.shape)}; add the batch dim with x.unsqueeze(0) "
+            "or move channels last."
+        )
+    B, T, D = x.shape
+    if T == 0:
+        raise ValueError(f"x has no tokens (shape {tuple(x.shape)}); skip the call for an empty row.")
+    if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
+        raise ValueError(
+            f"weight must be [D, W] = [{D}, W] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}; "
+            "pass nn.Conv1d(D, D, W, groups=D).weight.squeeze(1)."
+        )
+    if bias is not None and tuple(bias.shape) != (D,):
+        raise ValueError(f"bias must be [D] = [{D}], got {tuple(bias.shape)}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not supported; use one of {ACTIVATIONS}.")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial_state", initial_state)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got {t.dtype}.")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to(x.device).")
+
+    N, host_offsets = _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu)
+    if initial_state is not None and tuple(initial_state.shape) != (N, D, weight.shape[1]):
+        raise ValueError(
+            f"initial_state must be [N, D, W] = [{N}, {D}, {weight.shape[1]}] (one state per "
+            f"{'document' if cu_seqlens is not None else 'batch row'}), got {tuple(initial_state.shape)}."
+        )
+    return host_offsets
+
+
+def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ...] | None]:
+    """(number of documents, host offsets or None) after checking the offsets against x."""
+    B, T, _ = x.shape
+    if cu_seqlens is None:
+        if cu_seqlens_cpu is not None:
+            raise ValueError("cu_seqlens_cpu was given without cu_seqlens; pass both (the device copy drives kernels).")
+        return B, None
+    if B != 1:
+        raise ValueError(
+            f"cu_seqlens needs one packed row (B = 1), got x of shape {tuple(x.shape)}; "
+            "concatenate the rows into x of shape [1, B*T, D] with offsets for each document."
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+        raise ValueError(
+            f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} "
+            f"of shape {tuple(cu_seqlens.shape)}."
+        )
+    if cu_seqlens.device != x.device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but x is on {x.device}; use .to(x.device).")
+    N = cu_seqlens.numel() - 1
+    if cu_seqlens_cpu is not None:
+        offsets = cu_seqlens_cpu.tolist() if torch.is_tensor(cu_seqlens_cpu) else cu_seqlens_cpu
+        host_offsets = tuple(int(o) for o in offsets)
+        if len(host_offsets) != N + 1:
+            raise ValueError(f"cu_seqlens_cpu has {len(host_offsets)} offsets but cu_seqlens has {N + 1}.")
+    elif torch.compiler.is_compiling():
+        return N, None  # values are trusted inside a compiled graph; reading them would break it
+    else:
+        host_offsets = tuple(cu_seqlens.tolist())
+    _check_offsets(host_offsets, T)
+    return N, host_offsets
+
+
+def _check_offsets(offsets: tuple[int, ...], T: int) -> None:
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:8])}; the first document starts the row.")
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        if b <= a:
+            raise ValueError(
+                f"cu_seqlens must be strictly increasing, but offset {i + 1} is {b} after {a}; "
+                "drop empty documents (padfree.packed_from_lengths refuses them)."
+            )
+    if offsets[-1] != T:
+        raise ValueError(
+            f"cu_seqlens ends at {offsets[-1]} but x has T = {T} tokens; the last offset must equal T "
+            "(pad with a dummy document rather than leaving tokens uncovered)."
+        )

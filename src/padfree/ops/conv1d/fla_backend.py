@@ -1,0 +1,52 @@
+"""Pass-through to flash-linear-attention's Triton `causal_conv1d` (CUDA only, imported lazily).
+
+FLA 0.6 exposes it as `fla.modules.causal_conv1d.causal_conv1d`; older releases as
+`fla.modules.convolution.causal_conv1d` (0.6 keeps that path as an alias). Both take x [B, T, D],
+weight [D, W], initial_state / final state [N, D, W] and return (y, final_state), the layout and
+meaning padfree's other backends use, so nothing is transposed here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+
+@functools.cache
+def _fla_causal_conv1d():
+    try:
+        from fla.modules.causal_conv1d import causal_conv1d
+    except ImportError:
+        from fla.modules.convolution import causal_conv1d
+    return causal_conv1d, frozenset(inspect.signature(causal_conv1d).parameters)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FLA's kernel with padfree's (validated) arguments; returns (y [B, T, D], final_state [N, D, W])."""
+    fla_conv, params = _fla_causal_conv1d()
+    kwargs = dict(
+        x=x,
+        weight=weight,
+        bias=bias,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        activation=activation,
+        # FLA caches its varlen index helpers by tensor identity; a fresh tensor can never hit a
+        # stale entry left by an earlier batch whose cu_seqlens lived at the same address.
+        cu_seqlens=cu_seqlens.clone() if cu_seqlens is not None else None,
+    )
+    if cu_seqlens_cpu is not None and "cu_seqlens_cpu" in params:  # FLA >= 0.6: saves a host sync
+        kwargs["cu_seqlens_cpu"] = cu_seqlens_cpu
+    y, final_state = fla_conv(**kwargs)
+    return y, final_state

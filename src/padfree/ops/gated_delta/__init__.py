@@ -1,0 +1,170 @@
+"""Varlen chunked gated delta rule (the Gated DeltaNet token mixer), FLA-compatible.
+
+Legend: B batch, T tokens, N documents (len(cu_seqlens) - 1, or B without cu_seqlens),
+H query/key heads, HV value heads (a multiple of H), K key dim, V value dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from padfree.ops._backend import resolve_backend
+from padfree.ops.gated_delta import fla_backend, naive, torch_backend
+
+__all__ = ["chunk_gated_delta_rule"]
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    *,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule over packed documents; the state never crosses a document boundary.
+
+    Per document, with S [HV, K, V] starting at its initial state (or zeros), for each token t:
+        S = exp(g_t) S;  S = S + k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T (scale q_t)
+    Value head hv reads query/key head hv // (HV // H).
+
+    Args:
+        q, k: [B, T, H, K]. v: [B, T, HV, V], same dtype as q and k.
+        g: [B, T, HV], log decay (<= 0). beta: [B, T, HV]. Any float dtype (g is often fp32).
+        scale: multiplies q; default K ** -0.5.
+        initial_state: [N, HV, K, V], or None for zeros.
+        output_final_state: also return each document's final state.
+        use_qk_l2norm_in_kernel: l2-normalise q and k first (x * rsqrt(sum x^2 + 1e-6), in fp32).
+        cu_seqlens: [N + 1] integer offsets of the documents in a single packed row (B == 1).
+        cu_seqlens_cpu: optional host copy of cu_seqlens (as in FLA); spares the one
+            device-to-host read of the offsets. It is trusted to equal cu_seqlens.
+        backend: "auto" (FLA on a CUDA device where it is safe, else "torch"), "torch", "fla",
+            or "naive" (the slow per-token oracle).
+    Returns:
+        o [B, T, HV, V] in q's dtype, and final_state [N, HV, K, V] in fp32 (or None).
+
+    Arguments after `output_final_state` are keyword-only: FLA 0.6 and older FLA releases put
+    `use_qk_l2norm_in_kernel` and `cu_seqlens` at different positions.
+
+    Example:
+        >>> q = k = torch.nn.functional.normalize(torch.randn(1, 10, 2, 16), dim=-1)
+        >>> v = torch.randn(1, 10, 4, 16)
+        >>> g, beta = -torch.rand(1, 10, 4), torch.rand(1, 10, 4)
+        >>> cu_seqlens = torch.tensor([0, 3, 10], dtype=torch.int32)
+        >>> o, ht = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True,
+        ...                                cu_seqlens=cu_seqlens, backend="torch")
+        >>> o.shape, ht.shape
+        (torch.Size([1, 10, 4, 16]), torch.Size([2, 4, 16, 16]))
+    """
+    offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    name = resolve_backend(backend, q.device)
+    if name == "torch":
+        return torch_backend.chunk_gated_delta_rule(
+            q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, offsets
+        )
+    elif name == "fla":
+        return fla_backend.chunk_gated_delta_rule(
+            q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, offsets
+        )
+    elif name == "naive":
+        return naive.chunk_gated_delta_rule(
+            q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, offsets
+        )
+    else:
+        raise ValueError(f"backend {name!r} has no gated delta rule implementation.")
+
+
+def _shape(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu) -> tuple[int, ...] | None:
+    """Check every shape, dtype and offset; return the offsets as host ints (None when unpacked)."""
+    if q.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q must be [B, T, H, K] and v [B, T, HV, V], got q {_shape(q)} and v {_shape(v)}; "
+            "reshape the heads out of the hidden dim first."
+        )
+    B, T, H, K = q.shape
+    HV = v.shape[2]
+    if k.shape != q.shape:
+        raise ValueError(f"k {_shape(k)} must have q's shape {_shape(q)} ([B, T, H, K]).")
+    if v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"v {_shape(v)} must share q's batch and length {(B, T)}.")
+    if HV % H:
+        raise ValueError(
+            f"v has HV={HV} heads, not a multiple of q/k's H={H}; grouped value heads need HV = H * group."
+        )
+    for name, x in (("g", g), ("beta", beta)):
+        if x.shape != (B, T, HV):
+            raise ValueError(f"{name} {_shape(x)} must be [B, T, HV] = {(B, T, HV)}.")
+    if T == 0:
+        raise ValueError("the sequence is empty (T=0); call the op only on rows with tokens.")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(
+            f"q, k, v must share one float dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them together "
+            "(g and beta may stay fp32)."
+        )
+    for name, x in (("g", g), ("beta", beta)):
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor, got {x.dtype}.")
+    tensors = {"k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state, "cu_seqlens": cu_seqlens}
+    for name, x in tensors.items():
+        if x is not None and x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; move it to {q.device}.")
+
+    offsets = None
+    if cu_seqlens is not None:
+        offsets = _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B, T)
+    N = B if offsets is None else len(offsets) - 1
+    if initial_state is not None:
+        want = (N, HV, K, v.shape[3])
+        if initial_state.shape != want:
+            raise ValueError(
+                f"initial_state {_shape(initial_state)} must be [N, HV, K, V] = {want}, one state per "
+                f"{'document (len(cu_seqlens) - 1)' if offsets is not None else 'batch row'}."
+            )
+        if not initial_state.is_floating_point():
+            raise ValueError(f"initial_state must be a float tensor, got {initial_state.dtype}.")
+    return offsets
+
+
+def _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B: int, T: int) -> tuple[int, ...]:
+    if B != 1:
+        raise ValueError(
+            f"cu_seqlens needs one packed row (B=1), got B={B}; flatten the batch to [1, B * T, ...] "
+            "and offset cu_seqlens, or pass cu_seqlens=None for B independent sequences."
+        )
+    for name, x in (("cu_seqlens", cu_seqlens), ("cu_seqlens_cpu", cu_seqlens_cpu)):
+        if x is None:
+            continue
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integers (int32 or int64), got {x.dtype}.")
+        if x.dim() != 1 or x.numel() < 2:
+            raise ValueError(f"{name} must be 1-D with at least 2 offsets ([N + 1]), got shape {_shape(x)}.")
+    if cu_seqlens_cpu is not None and cu_seqlens_cpu.shape != cu_seqlens.shape:
+        raise ValueError(f"cu_seqlens_cpu {_shape(cu_seqlens_cpu)} must match cu_seqlens {_shape(cu_seqlens)}.")
+    # The one host read of the offsets (none when the caller passed a host copy).
+    offsets = tuple((cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist())
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:4])}...; prepend 0.")
+    bad = next((i for i in range(1, len(offsets)) if offsets[i] <= offsets[i - 1]), None)
+    if bad is not None:
+        raise ValueError(
+            f"cu_seqlens must be strictly increasing, but offset {bad} is {offsets[bad]} after {offsets[bad - 1]}; "
+            "drop empty documents."
+        )
+    if offsets[-1] != T:
+        raise ValueError(
+            f"cu_seqlens ends at {offsets[-1]} but the row has T={T} tokens; the last offset must equal T."
+        )
+    return offsets

@@ -1,0 +1,42 @@
+"""`padfree check`: passes on a tiny model, and fails (exit 1) when a layer lets documents mix."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import padfree.models.layers
+from padfree.check import run_check
+from padfree.cli import main
+
+
+def reported_error(text: str) -> float:
+    match = re.search(r"max RMS-relative logits error ([0-9.e+-]+)", text)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_check_passes_on_a_tiny_model(capsys):
+    assert main(["check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "transformers" in out and "backends picked by auto: Gated DeltaNet torch, attention sdpa_per_doc" in out
+    assert reported_error(out) <= 1e-4 and "bound 1e-04" in out and out.rstrip().endswith("keep documents apart here.")
+
+
+@pytest.mark.parametrize("op", ["chunk_gated_delta_rule", "causal_conv1d"])
+def test_check_fails_when_a_layer_ignores_document_boundaries(op, monkeypatch, capsys):
+    real = getattr(padfree.models.layers, op)
+
+    def leaky(*args, cu_seqlens=None, **kwargs):  # runs the packed row as one long sequence
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(padfree.models.layers, op, leaky)
+    assert run_check(device="cpu") == 1
+    out = capsys.readouterr().out
+    assert reported_error(out) > 1e-2 and "FAIL" in out
+
+
+def test_check_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
+    assert main(["check", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
