@@ -28,7 +28,7 @@ def test_check_passes_on_a_tiny_model(capsys):
 def test_check_fails_when_a_layer_ignores_document_boundaries(op, monkeypatch, capsys):
     real = getattr(padfree.models.layers, op)
 
-    def leaky(*args, cu_seqlens=None, **kwargs):  # runs the packed row as one long sequence
+    def leaky(*args, cu_seqlens=None, cu_seqlens_cpu=None, **kwargs):  # the packed row as one sequence
         return real(*args, **kwargs)
 
     monkeypatch.setattr(padfree.models.layers, op, leaky)

@@ -12,9 +12,10 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
 from transformers.models.qwen3_5.modeling_qwen3_5 import torch_chunk_gated_delta_rule, torch_recurrent_gated_delta_rule
 
-from padfree.ops.gated_delta import chunk_gated_delta_rule, torch_backend
+from padfree.ops.gated_delta import chunk_gated_delta_rule, layout, torch_backend
 from tests.helpers import assert_close, rms_relative_error
 
 # transformers' plain-torch bodies, never a hub or FLA kernel
@@ -210,33 +211,37 @@ def test_without_final_state_or_initial_state():
 COMPILE_CASE = [1, 63, 65, 7]  # few chunks: tracing unrolls the loop over them
 
 
-def test_scan_compiles_fullgraph():
-    """The backend with host offsets has no data-dependent control flow: one graph, same results."""
+@pytest.mark.parametrize("state_scan", ["loop", "scan"])
+def test_compute_compiles_as_one_graph(state_scan):
+    """Past the host-side layout, the compute has no data-dependent control flow: one graph."""
     inputs = _inputs(COMPILE_CASE)
-    offsets = tuple(_cu(COMPILE_CASE).tolist())
+    seg = layout.packed(tuple(_cu(COMPILE_CASE).tolist()), torch.device("cpu"))
 
     def fn(q, k, v, g, beta, h0):
-        return torch_backend.chunk_gated_delta_rule(q, k, v, g, beta, K**-0.5, h0, True, True, offsets, "scan")
+        return torch_backend._chunked(q, k, v, g, beta, K**-0.5, h0, True, True, seg, state_scan)
 
     torch._dynamo.reset()
     compiled = _run(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs)
     _compare(_run(fn, inputs), compiled, 1e-6, "same ops, traced: identical up to op-order rounding")
 
 
-def test_public_function_compiles():
-    """The public function reads cu_seqlens on the host once (a graph break), then runs compiled
-    (state_scan "auto" = the loop on CPU, unrolled over the chunks)."""
-    inputs = _inputs(COMPILE_CASE)
-    cu = _cu(COMPILE_CASE)
-
-    def fn(q, k, v, g, beta, h0):
-        return chunk_gated_delta_rule(
-            q, k, v, g, beta, initial_state=h0, output_final_state=True,
-            use_qk_l2norm_in_kernel=True, cu_seqlens=cu, backend="torch",
-        )  # fmt: skip
-
+def test_compiled_graph_is_reused_across_layouts():
+    """Training calls (no initial/final states) with new document boundaries but the same row
+    length must not recompile: the layout reaches the compiled compute as tensors only."""
+    counter = CompileCounterWithBackend("aot_eager")
     torch._dynamo.reset()
-    _compare(_run(fn, inputs), _run(torch.compile(fn, backend="aot_eager"), inputs), 1e-6, "same ops, traced")
+
+    @torch.compile(backend=counter)
+    def fn(q, k, v, g, beta, cu):
+        return chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True, cu_seqlens=cu, backend="torch")
+
+    for lengths in ([1, 63, 65, 7], [50, 86], [3, 3, 100, 30]):
+        inputs = _inputs(lengths, h0=False)[:5]
+        o, ht = fn(*inputs, _cu(lengths))
+        ref, _ = chunk_gated_delta_rule(*inputs, use_qk_l2norm_in_kernel=True, cu_seqlens=_cu(lengths))
+        assert ht is None
+        assert_close("o", ref, o, 1e-6, "same ops, traced")
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} graphs for one row length"
 
 
 def _bad(**changes):

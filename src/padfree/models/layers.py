@@ -43,6 +43,7 @@ def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch,
         module.conv1d.bias,
         activation=module.activation,
         cu_seqlens=packed.cu_seqlens,
+        cu_seqlens_cpu=packed.cu_seqlens_cpu,
         backend=backend,
     )
     q, k, v = torch.split(mixed_qkv, [module.key_dim, module.key_dim, module.value_dim], dim=-1)
@@ -54,7 +55,8 @@ def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch,
     g_1TH = -module.A_log.float().exp() * F.softplus(a_1TH.float() + module.dt_bias)
     o_1THD, _ = chunk_gated_delta_rule(
         q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH,
-        cu_seqlens=packed.cu_seqlens, use_qk_l2norm_in_kernel=True, backend=backend,
+        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_cpu,
+        use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     o = module.norm(o_1THD.reshape(-1, module.head_v_dim), z_1THD.reshape(-1, module.head_v_dim))
     return module.out_proj(o.reshape(hidden_1TC.shape[0], hidden_1TC.shape[1], -1))

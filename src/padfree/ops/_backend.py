@@ -71,8 +71,11 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn `backend` ("auto", "torch", "fla", "naive") into the concrete backend for `device`."""
+def resolve_backend(backend: str, device: torch.device, op: str = "gated_delta") -> str:
+    """Turn `backend` ("auto", "torch", "fla", "naive") into the concrete backend for `device`.
+
+    The Hopper/Triton refusal concerns FLA's gated delta backward only; `op="conv1d"` skips it.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}; pass one of those.")
     if backend == "fla":
@@ -80,7 +83,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend='fla' needs CUDA tensors, got device {device}; use backend='torch' on CPU.")
         if not fla_available():
             raise ValueError("backend='fla' needs flash-linear-attention: pip install 'padfree[fla]'.")
-        reason = fla_unsafe_reason(device.index or 0)
+        reason = fla_unsafe_reason(device.index or 0) if op == "gated_delta" else None
         if reason is not None:
             raise ValueError(f"backend='fla' is unsafe here: {reason}.")
         return "fla"
@@ -88,7 +91,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return backend
     if device.type != "cuda" or not fla_available():
         return "torch"
-    reason = fla_unsafe_reason(device.index or 0)
+    reason = fla_unsafe_reason(device.index or 0) if op == "gated_delta" else None
     if reason is not None:
         _warn_once(f"padfree: using the slower torch backend for Gated DeltaNet because {reason}.")
         return "torch"

@@ -75,7 +75,7 @@ def causal_conv1d(
         torch.Size([1, 7, 6])
     """
     host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu)
-    kind = resolve_backend(backend, x.device)
+    kind = resolve_backend(backend, x.device, op="conv1d")
     if kind == "torch":
         y, final = torch_backend.causal_conv1d(
             x, weight, bias, activation, initial_state, output_final_state, cu_seqlens
@@ -135,7 +135,7 @@ def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ..
     B, T, _ = x.shape
     if cu_seqlens is None:
         if cu_seqlens_cpu is not None:
-            raise ValueError("cu_seqlens_cpu was given without cu_seqlens; pass both (the device copy drives kernels).")
+            raise ValueError("cu_seqlens_cpu was given without cu_seqlens; pass both (kernels read the device copy).")
         return B, None
     if B != 1:
         raise ValueError(

@@ -3,17 +3,19 @@
 Legend: B batch, T tokens per row, L = B*T tokens of the flattened batch, D channels, W kernel
 width, P = W - 1 taps that reach back, N documents (sequences).
 
-How documents are kept apart. The conv over the whole flattened row is W shifted multiply-adds on
-[L, D] (in this layout that is faster on CPU than `F.conv1d`, which needs [D, L] copies). Only the
-first P rows of each document can reach back past its start, so those N*P rows are recomputed from
-in-document taps (plus `initial_state`) and *written over* the row result. Overwriting rather than
-subtracting the leak keeps them exact: nothing of another document, not even an inf, survives.
-Backward mirrors it: dx is the anticausal shifted sum with each document's last P rows rewritten,
-and dw sums dy*x over rows at least P into their document, plus the head rows done exactly.
+How documents are kept apart. The conv over the whole flattened row is W shifted multiply-adds of
+x padded with P zero rows in front ([L, D] layout: on CPU that beats `F.conv1d`, which needs [D, L]
+copies; every op acts on whole tensors, no `out=` or slice writes, which keeps inductor happy).
+Only the first P rows of each document can reach back past its start, so those N*P rows are
+recomputed from in-document taps (plus `initial_state`) and *written over* the row result.
+Overwriting rather than subtracting the leak keeps them exact: nothing of another document, not
+even an inf, survives. Backward mirrors it: dx is the anticausal shifted sum with each document's
+last P rows rewritten, and dw sums dy*x over rows at least P into their document, plus the head
+rows done exactly.
 
-Edge rows that do not exist (a document shorter than P) are sent to a spare row L of an [L + 1, D]
-buffer, so every index write hits a distinct row. A batch without `cu_seqlens` is the same problem with one
-document per batch row. The fix-up costs O(N * P * W * D); packed and unpacked rows cost the same.
+Edge rows that do not exist (a document shorter than P) go to a spare row L of an [L + 1, D]
+buffer, so every index write hits a distinct row. A batch without `cu_seqlens` is the same problem
+with one document per batch row. The fix-up costs O(N * P * W * D): packed costs what unpacked does.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ class _CausalConv1dFunction(torch.autograd.Function):
         L, D = x_LD.shape
         W = w_DW.shape[1]
         P = W - 1
-        xa_LD = x_LD.to(w_DW.dtype)  # one cast: mixed-dtype elementwise ops are ~4x slower on CPU
-        y_buf = torch.empty(L + 1, D, dtype=w_DW.dtype, device=x_LD.device)  # row L: the spare row
-        torch.mul(xa_LD, w_DW[:, P], out=y_buf[:L])
-        for s in range(1, W):
-            y_buf[s:L].addcmul_(xa_LD[: L - s], w_DW[:, P - s])
+        # P zero rows in front, one spare row behind: y has L + 1 rows, the last one the spare row
+        xpad = F.pad(x_LD.to(w_DW.dtype), (0, 0, P, 1))
+        y_buf = xpad[P : P + L + 1] * w_DW[:, P]
+        for j in range(P):
+            y_buf.addcmul_(xpad[j : j + L + 1], w_DW[:, j])
         rows_NP, _, start_N1, _ = _edge_rows(cu_N1, P, L, tail=False)
         head_NPD = torch.zeros(*rows_NP.shape, D, dtype=w_DW.dtype, device=x_LD.device)
         for j in range(W):
@@ -80,10 +82,10 @@ class _CausalConv1dFunction(torch.autograd.Function):
         dx = dw = dh = None
         if ctx.needs_input_grad[0]:
             # dx[u] = sum_s w[:, P - s] * dy[u + s]; only a document's last P rows reach past its end.
-            dx_buf = torch.empty(L + 1, D, dtype=w_DW.dtype, device=x_LD.device)
-            torch.mul(dy_LD, w_DW[:, P], out=dx_buf[:L])
+            dypad = F.pad(dy_LD, (0, 0, 0, P + 1))
+            dx_buf = dypad[: L + 1] * w_DW[:, P]
             for s in range(1, W):
-                dx_buf[: L - s].addcmul_(dy_LD[s:], w_DW[:, P - s])
+                dx_buf.addcmul_(dypad[s : s + L + 1], w_DW[:, P - s])
             rows_NP, _, _, end_N1 = _edge_rows(cu_N1, P, L, tail=True)
             tail_NPD = torch.zeros(*rows_NP.shape, D, dtype=w_DW.dtype, device=x_LD.device)
             for j in range(W):
@@ -98,17 +100,17 @@ class _CausalConv1dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # Body rows (>= P into their document) never reach back past the start: zero the head
             # rows of dy, take the plain shifted dot products, then add the head rows exactly.
-            dy_body_buf = torch.empty(L + 1, D, dtype=w_DW.dtype, device=x_LD.device)
-            dy_body_buf[:L] = dy_LD
+            dy_body_buf = F.pad(dy_LD, (0, 0, 0, 1))
             dy_body_buf[rows_NP] = 0
-            xa_LD = x_LD.to(w_DW.dtype)
-            dw_DW = torch.empty_like(w_DW)
+            # every tap reduces over all L rows of the padded x (x[t - s] is 0 for t < s): equal-length
+            # reductions, which torch 2.11's inductor needs (it asserts on mixed lengths when fusing)
+            xpad = F.pad(x_LD.to(w_DW.dtype), (0, 0, P, 0))
+            dw_cols = []
             for j in range(W):
-                s = P - j
-                body_D = (dy_body_buf[s:L] * xa_LD[: L - s]).sum(0)
-                x_NPD, _ = _head_window(x_LD, h_NWD, rows_NP, start_N1, s)
-                dw_DW[:, j] = body_D + (dy_head_NPD * x_NPD).sum((0, 1))
-            dw = dw_DW
+                body_D = (dy_body_buf[:L] * xpad[j : j + L]).sum(0)
+                x_NPD, _ = _head_window(x_LD, h_NWD, rows_NP, start_N1, P - j)
+                dw_cols.append(body_D + (dy_head_NPD * x_NPD).sum((0, 1)))
+            dw = torch.stack(dw_cols, dim=1)
         if ctx.needs_input_grad[2]:
             # Head row p reads state column p + j + 1 through tap j, when that is before the start.
             dh_NWD = torch.zeros_like(h_NWD)

@@ -14,6 +14,9 @@ from padfree.ops.gated_delta import fla_backend, naive, torch_backend
 __all__ = ["chunk_gated_delta_rule"]
 
 
+# Host-side (validation, one read of the offsets, dispatch): never traced by torch.compile, which
+# compiles the compute the backends call on its own (torch_backend._chunked, FLA's kernels).
+@torch.compiler.disable(recursive=False)
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -87,6 +90,7 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
+@torch.compiler.disable
 def _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu) -> tuple[int, ...] | None:
     """Check every shape, dtype and offset; return the offsets as host ints (None when unpacked)."""
     if q.dim() != 4 or v.dim() != 4:

@@ -25,20 +25,23 @@ CHUNK = 64
 class Segments(NamedTuple):
     R: int
     J: int
+    reset_J: torch.Tensor  # bool: a document starts at the chunk's first slot
     # Per-slot tensors, None when no chunk holds two documents (then every mask is all-true).
     same_JLL: torch.Tensor | None  # slots i, j belong to the same document
     seg_start_JL: torch.Tensor | None  # in-chunk position where the slot's segment starts
     first_JL: torch.Tensor | None  # slot is in the chunk's first segment
     last_JL: torch.Tensor | None  # slot is in the chunk's last segment
     # Host lists: the recurrence branches on them, and they size the gathers below.
-    reset_js: list[int]  # chunks where a document starts at slot 0 (row-wise when R > 1)
-    reset_docs: list[int]  # ... and which document (R == 1), for its initial state
+    # Used only with initial states or final states, so only those calls specialise on them when
+    # compiled; the training path (neither) uses tensors alone and compiles once per row length.
+    reset_js: list[int]  # chunks where a document starts at slot 0 (all rows at once when R > 1)
+    reset_docs: list[int]  # ... and which documents, for their initial states
     mid_docs: list[int]  # documents starting mid-chunk (R == 1)
     mid_c: list[int]  # ... their first chunk
     mid_s: list[int]  # ... their first slot in it
     mid_e: list[int]  # ... their last slot in it
-    carry_js: list[int]  # chunks whose last segment is a mid-chunk start (index into mid_*)
-    carry_mids: list[int]
+    carry_js: list[int]  # chunks whose last segment starts mid-chunk and goes on into the next one
+    carry_mids: list[int]  # ... which of mid_* it is
     # Each document's last chunk, row, first and last slot in that chunk, and whether it starts
     # inside that chunk after slot 0 (then it never saw the carried state).
     fin_c: list[int]
@@ -48,16 +51,18 @@ class Segments(NamedTuple):
     fin_mid: list[bool]
 
 
-def unpacked(B: int, T: int) -> Segments:
+@torch.compiler.disable
+def unpacked(B: int, T: int, device: torch.device) -> Segments:
     """B rows of one T-token document each."""
     J = -(-T // CHUNK)
     e = (T - 1) % CHUNK
     return Segments(
-        B, J, None, None, None, None, [0], [], [], [], [], [], [], [],
+        B, J, torch.arange(J, device=device) == 0, None, None, None, None, [0], list(range(B)), [], [], [], [], [], [],
         [J - 1] * B, list(range(B)), [0] * B, [e] * B, [False] * B,
     )  # fmt: skip
 
 
+@torch.compiler.disable  # host work; compiled callers must not specialise on the offsets
 def packed(offsets: Sequence[int], device: torch.device) -> Segments:
     """One row holding documents [offsets[i], offsets[i + 1])."""
     T, L = offsets[-1], CHUNK
@@ -75,7 +80,7 @@ def packed(offsets: Sequence[int], device: torch.device) -> Segments:
         mid_c.append(c)
         mid_s.append(s % L)
         mid_e.append(min(t - 1 - c * L, L - 1))
-        if t >= (c + 1) * L:  # it is the chunk's last segment, so it writes the carried state
+        if t > (c + 1) * L:  # it goes on in the next chunk, which starts from its state
             carry_js.append(c)
             carry_mids.append(len(mid_docs) - 1)
     fin_c = [(t - 1) // L for t in ends]
@@ -84,8 +89,10 @@ def packed(offsets: Sequence[int], device: torch.device) -> Segments:
     fin_e = [(t - 1) % L for t in ends]
     common = (reset_js, reset_docs, mid_docs, mid_c, mid_s, mid_e, carry_js, carry_mids)
     fins = (fin_c, [0] * N, fin_s, fin_e, fin_mid)
+    reset_J = torch.zeros(J, dtype=torch.bool, device=device)
+    reset_J[torch.tensor(reset_js, device=device)] = True
     if not mid_docs:  # every document starts on a chunk edge: no chunk holds two
-        return Segments(1, J, None, None, None, None, *common, *fins)
+        return Segments(1, J, reset_J, None, None, None, None, *common, *fins)
 
     # Per-slot document ids and segment starts, on the device; the tail padding belongs to the
     # last document (its zeros change no state).
@@ -98,7 +105,7 @@ def packed(offsets: Sequence[int], device: torch.device) -> Segments:
     chunk_start_J1 = torch.arange(J, device=device)[:, None] * L
     seg_start_JL = (start_JL - chunk_start_J1).clamp(min=0)
     return Segments(
-        1, J,
+        1, J, reset_J,
         doc_JL[:, :, None] == doc_JL[:, None, :],
         seg_start_JL,
         doc_JL == doc_JL[:, :1],

@@ -51,6 +51,7 @@ def _exp_masked(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return x.exp() if keep is None else x.masked_fill(~keep, -torch.inf).exp()
 
 
+@torch.compiler.disable(recursive=False)
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,11 +70,28 @@ def chunk_gated_delta_rule(
     state_scan: "loop" (sequential over chunks), "scan" (log-depth associative scan) or "auto":
     loop on CPU, scan elsewhere (scan.py says why). Computes in fp32; o comes back in q's dtype,
     the final state [N, HV, K, V] in fp32.
+
+    Under torch.compile this host-side wrapper is skipped and `_chunked` is compiled on its own:
+    guarded on tensor shapes and the layout's masks, not on the offsets, so (without initial or
+    final states) new document layouts of the same row length reuse one graph.
     """
     if state_scan not in STATE_SCANS:
         raise ValueError(f"state_scan={state_scan!r} is not one of {STATE_SCANS}.")
     if state_scan == "auto":
         state_scan = "loop" if q.device.type == "cpu" else "scan"
+    B, T = q.shape[:2]
+    if cu_seqlens_host is None:
+        seg = layout.unpacked(B, T, q.device)
+    else:
+        seg = layout.packed(tuple(cu_seqlens_host), q.device)
+    return _chunked(
+        q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, seg, state_scan
+    )
+
+
+def _chunked(
+    q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, seg, state_scan
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     G, L = HV // H, CHUNK
@@ -84,7 +102,6 @@ def chunk_gated_delta_rule(
     q = q * scale
     h0 = None if initial_state is None else initial_state.float()
 
-    seg = layout.unpacked(B, T) if cu_seqlens_host is None else layout.packed(cu_seqlens_host, q.device)
     J, R, M = seg.J, seg.R, seg.R * HV
     q_JRH1LK = _chunks(q, J).permute(0, 1, 3, 2, 4).unsqueeze(3)
     k_JRH1LK = _chunks(k, J).permute(0, 1, 3, 2, 4).unsqueeze(3)
@@ -121,29 +138,33 @@ def chunk_gated_delta_rule(
     uw = torch.linalg.solve_triangular(a_JRHGLL, rhs, upper=False, unitriangular=True)
     u_JRHGLV, w_JRHGLK = uw[..., :V], uw[..., V:]
     qd_JRHGLK = qfac_JRHGL[..., None] * q_JRH1LK
-    kd_JRHGLK = _exp_masked(glast_JRHG1 - gseg_JRHGL, last_J111L)[..., None] * k_JRH1LK
-    carry_decay_JRHG = glast_JRHG1.squeeze(-1).exp()
+    # What chunk j writes into chunk j + 1's state: nothing when a document starts there (a reset).
+    # Folding resets in here, as data, keeps the state recurrence independent of the layout.
+    cont_J1111 = torch.cat([~seg.reset_J[1:], seg.reset_J.new_ones(1)]).to(q.dtype)[:, None, None, None, None]
+    kdfac_JRHGL = _exp_masked(glast_JRHG1 - gseg_JRHGL, last_J111L) * cont_J1111
+    kd_JRHGLK = kdfac_JRHGL[..., None] * k_JRH1LK
+    carry_decay_JRHG = glast_JRHG1.squeeze(-1).exp() * cont_J1111[..., 0]
     if first_J111L is not None:  # several documents in the chunk: the carried state is replaced
         carry_decay_JRHG = carry_decay_JRHG * first_J111L[..., -1]
 
-    carry_nMKV = o_extra = None
-    if h0 is not None and seg.mid_docs:
-        u_JRHGLV, o_extra, carry_nMKV = _mid_initial_states(seg, h0, w_JRHGLK, qd_JRHGLK, u_JRHGLV, gseg_JRHGL)
-        w_JRHGLK, qd_JRHGLK = w_JRHGLK * first_J111L[..., None], qd_JRHGLK * first_J111L[..., None]
-
-    h0_nMKV = None
-    if h0 is not None:  # one state per reset: [1, B * HV] unpacked, [n, HV] packed
-        h0_nMKV = h0.reshape(1, M, K, V) if cu_seqlens_host is None else h0[seg.reset_docs]
+    o_extra, inject_js, inject_nMKV = None, [], None
+    if h0 is not None:  # added to the state at a chunk's start: [1, B * HV] unpacked, [n, HV] packed
+        inject_js = list(seg.reset_js)
+        inject_nMKV = h0[seg.reset_docs].reshape(len(seg.reset_js), M, K, V)
+        if seg.mid_docs:
+            u_JRHGLV, o_extra, carry_nMKV = _mid_initial_states(seg, h0, w_JRHGLK, qd_JRHGLK, u_JRHGLV, gseg_JRHGL)
+            w_JRHGLK, qd_JRHGLK = w_JRHGLK * first_J111L[..., None], qd_JRHGLK * first_J111L[..., None]
+            if carry_nMKV is not None:
+                inject_js += [c + 1 for c in seg.carry_js]
+                inject_nMKV = torch.cat([inject_nMKV, carry_nMKV])
     states = states_by_loop if state_scan == "loop" else states_by_scan
     s_JMKV, v_new_JMLV = states(
         u_JRHGLV.reshape(J, M, L, V),
         w_JRHGLK.reshape(J, M, L, K),
         kd_JRHGLK.reshape(J, M, L, K),
         carry_decay_JRHG.reshape(J, M),
-        h0_nMKV,
-        seg.reset_js,
-        seg.carry_js if carry_nMKV is not None else [],
-        carry_nMKV,
+        inject_js,
+        inject_nMKV,
     )
     s_JRHGKV = s_JMKV.reshape(J, R, H, G, K, V)
     v_new_JRHGLV = v_new_JMLV.reshape(J, R, H, G, L, V)
