@@ -126,12 +126,12 @@ def main(argv=None) -> int:
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + n)
-    chunks = sum(-(-n // torch_backend.CHUNK) for n in lengths)
+    mid_chunk = sum(1 for o in offsets[1:-1] if o % torch_backend.CHUNK)
     print(
         f"T={args.tokens} H={args.heads} HV={args.value_heads or args.heads} K=V={args.dim} {args.dtype} on "
         f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}, compile={args.compile}\n"
         f"packed row: {len(lengths)} documents, lengths min/median/max {min(lengths)}/"
-        f"{int(statistics.median(lengths))}/{max(lengths)}, {chunks} chunks vs {-(-args.tokens // 64)} unpacked"
+        f"{int(statistics.median(lengths))}/{max(lengths)}, {mid_chunk} of {len(lengths) - 1} boundaries inside a chunk"
     )
     inputs = make_inputs(args, device, dtype)
     cases = build_cases(args, device, offsets)

@@ -185,6 +185,11 @@ def _rows(c: list[int], s: list[int], e: list[int], device) -> tuple[torch.Tenso
     return torch.tensor(c, device=device), (pos_L >= s_n1) & (pos_L <= e_n1)
 
 
+# The two functions below gather from computed tensors with host-made indices, and run eagerly
+# even under torch.compile: fused into the surrounding graph, inductor's CPU backend (torch 2.13,
+# vectorised code) miscompiled both, off by 10-100% (GPU inductor was right). Only calls with
+# initial or final states take them, and those specialise on the host lists anyway.
+@torch.compiler.disable
 def _mid_initial_states(seg, h0_NHVKV, w_JRHGLK, qd_JRHGLK, u_JRHGLV, gseg_JRHGL):
     """For documents starting mid-chunk (packed row, R = 1), what their initial state adds:
     -W h0 to their rows of U, Qd h0 to their outputs, e^{G_last} h0 to the carried state."""
@@ -204,6 +209,7 @@ def _mid_initial_states(seg, h0_NHVKV, w_JRHGLK, qd_JRHGLK, u_JRHGLV, gseg_JRHGL
     return u_JRHGLV, o_extra, carry_nMKV
 
 
+@torch.compiler.disable
 def _final_states(seg, h0_NHVKV, k_JRH1LK, gseg_JRHGL, v_new_JRHGLV, s_JRHGKV) -> torch.Tensor:
     """State after each document's last token, from its last chunk:
     e^{G_e} S_seg + sum over its slots i <= e of k_i e^{G_e - G_i} v_new_i^T, where S_seg is the
