@@ -75,6 +75,13 @@ def _run(fn, inputs, seed=1):
     return [o.detach(), ht.detach(), *grads]
 
 
+def _run_o(fn, inputs, seed=1):
+    """(o, *grads of every input) for a random upstream gradient; for calls without final states."""
+    o = fn(*inputs)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o.dtype)
+    return [o.detach(), *torch.autograd.grad(o, inputs, do)]
+
+
 def _per_document(lengths, inputs, call):
     """Run `call` on each document alone ([1, len_i] slices, its own initial state) and
     concatenate: the reference a packed run must match. Differentiable, so grads flow to inputs."""
@@ -203,20 +210,28 @@ def test_unpacked_batch_matches_transformers(state_scan, nan_empty):
     _compare(_run(hf, inputs), _run(ours, inputs), FP32, FP32_WHY)
 
 
-def test_without_final_state_or_initial_state():
-    q, k, v, g, beta, _ = _inputs(CASES["unaligned"], h0=False)
-    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=_cu(CASES["unaligned"]), backend="torch")
-    assert ht is None and o.shape == v.shape and torch.isfinite(o).all()
+@pytest.mark.parametrize("state_scan", ["loop", "scan"])
+def test_training_call_without_states(state_scan, nan_empty):
+    """The training path: no initial state, no final state (their code paths are skipped)."""
+    lengths = CASES["unaligned"]
+    inputs = _inputs(lengths, h0=False)[:5]
+    offsets = tuple(_cu(lengths).tolist())
+
+    def fn(q, k, v, g, beta):
+        o, ht = torch_backend.chunk_gated_delta_rule(q, k, v, g, beta, K**-0.5, None, False, True, offsets, state_scan)
+        assert ht is None
+        return o
+
+    def naive(q, k, v, g, beta, h0):
+        return chunk_gated_delta_rule(
+            q, k, v, g, beta, output_final_state=True, use_qk_l2norm_in_kernel=True, backend="naive"
+        )
+
+    oracle = _run_o(lambda *xs: _per_document(lengths, [*xs, None], naive)[0], inputs)
+    _compare(oracle, _run_o(fn, inputs), FP32, FP32_WHY, ["o", "dq", "dk", "dv", "dg", "dbeta"])
 
 
 COMPILE_CASE = [1, 63, 65, 7]  # few chunks: tracing unrolls the loop over them
-
-
-def _run_o(fn, inputs, seed=1):
-    """(o, *grads of every input) for a random upstream gradient; for calls without final states."""
-    o = fn(*inputs)
-    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o.dtype)
-    return [o.detach(), *torch.autograd.grad(o, inputs, do)]
 
 
 @pytest.mark.parametrize("state_scan", ["loop", "scan"])
@@ -285,36 +300,48 @@ def _bad(**changes):
     return args
 
 
+def _drop_heads(a, HV):
+    return dict(v=torch.randn(1, 10, HV, 8), g=a["g"][..., :HV], beta=a["beta"][..., :HV])
+
+
+# name: (changes to the valid inputs, the error message it must raise)
 BAD = {
     "batch_with_cu_seqlens": (
-        lambda a: _bad(**{n: torch.cat([a[n]] * 2) for n in ("q", "k", "v", "g", "beta")}), r"B=1.*got B=2"
+        lambda a: {n: torch.cat([a[n]] * 2) for n in ("q", "k", "v", "g", "beta")}, r"B=1.*got B=2"
     ),
-    "HV_not_multiple_of_H": (lambda a: _bad(v=torch.randn(1, 10, 3, 8), g=a["g"][..., :3], beta=a["beta"][..., :3]),
-                             r"HV=3.*multiple of.*H=2"),
-    "k_shape": (lambda a: _bad(k=a["k"][:, :, :1]), r"k \(1, 10, 1, 8\) must have q's shape"),
-    "v_length": (lambda a: _bad(v=a["v"][:, :9]), r"v \(1, 9, 4, 8\) must share q's batch and length"),
-    "q_not_4d": (lambda a: _bad(q=a["q"][0]), r"q must be \[B, T, H, K\]"),
-    "g_shape": (lambda a: _bad(g=a["g"][..., :2]), r"g \(1, 10, 2\) must be \[B, T, HV\]"),
-    "beta_shape": (lambda a: _bad(beta=a["beta"][:, :5]), r"beta \(1, 5, 4\) must be"),
-    "initial_state_N": (lambda a: _bad(initial_state=torch.zeros(2, 4, 8, 8)), r"initial_state \(2, 4, 8, 8\).*\(3, 4, 8, 8\)"),
-    "initial_state_HV": (lambda a: _bad(initial_state=torch.zeros(3, 2, 8, 8)), r"initial_state \(3, 2, 8, 8\)"),
-    "initial_state_KV": (lambda a: _bad(initial_state=torch.zeros(3, 4, 8, 4)), r"initial_state \(3, 4, 8, 4\)"),
-    "cu_seqlens_float": (lambda a: _bad(cu_seqlens=torch.tensor([0.0, 3.0, 10.0])), r"cu_seqlens must hold integers"),
-    "cu_seqlens_2d": (lambda a: _bad(cu_seqlens=torch.tensor([[0, 3, 10]])), r"cu_seqlens must be 1-D"),
-    "cu_seqlens_start": (lambda a: _bad(cu_seqlens=torch.tensor([1, 3, 10])), r"must start at 0"),
-    "cu_seqlens_not_increasing": (lambda a: _bad(cu_seqlens=torch.tensor([0, 3, 3, 10])), r"strictly increasing.*offset 2 is 3 after 3"),
-    "cu_seqlens_end": (lambda a: _bad(cu_seqlens=torch.tensor([0, 3, 9])), r"ends at 9 but the row has T=10"),
-    "dtype_mismatch": (lambda a: _bad(v=a["v"].bfloat16()), r"q, k, v must share one float dtype"),
-    "integer_g": (lambda a: _bad(g=torch.zeros(1, 10, 4, dtype=torch.long)), r"g must be a float tensor"),
-    "unknown_backend": (lambda a: dict(_bad(), backend="cuda"), r"backend='cuda' is not one of"),
-    "fla_on_cpu": (lambda a: dict(_bad(), backend="fla"), r"backend='fla' needs CUDA"),
-}  # fmt: skip
+    "HV_not_multiple_of_H": (lambda a: _drop_heads(a, 3), r"HV=3 heads, not a multiple of q/k's H=2"),
+    "k_shape": (lambda a: dict(k=a["k"][:, :, :1]), r"k \(1, 10, 1, 8\) must have q's shape"),
+    "v_length": (lambda a: dict(v=a["v"][:, :9]), r"v \(1, 9, 4, 8\) must share q's batch and length"),
+    "q_not_4d": (lambda a: dict(q=a["q"][0]), r"q must be \[B, T, H, K\]"),
+    "g_shape": (lambda a: dict(g=a["g"][..., :2]), r"g \(1, 10, 2\) must be \[B, T, HV\]"),
+    "beta_shape": (lambda a: dict(beta=a["beta"][:, :5]), r"beta \(1, 5, 4\) must be"),
+    "empty_row": (lambda a: {n: a[n][:, :0] for n in ("q", "k", "v", "g", "beta")}, r"empty \(T=0\)"),
+    "initial_state_N": (
+        lambda a: dict(initial_state=torch.zeros(2, 4, 8, 8)), r"initial_state \(2, 4, 8, 8\).*\(3, 4, 8, 8\)"
+    ),
+    "initial_state_HV": (lambda a: dict(initial_state=torch.zeros(3, 2, 8, 8)), r"initial_state \(3, 2, 8, 8\)"),
+    "initial_state_KV": (lambda a: dict(initial_state=torch.zeros(3, 4, 8, 4)), r"initial_state \(3, 4, 8, 4\)"),
+    "cu_seqlens_float": (lambda a: dict(cu_seqlens=torch.tensor([0.0, 3.0, 10.0])), r"must hold integers"),
+    "cu_seqlens_2d": (lambda a: dict(cu_seqlens=torch.tensor([[0, 3, 10]])), r"cu_seqlens must be 1-D"),
+    "cu_seqlens_start": (lambda a: dict(cu_seqlens=torch.tensor([1, 3, 10])), r"must start at 0"),
+    "cu_seqlens_not_increasing": (
+        lambda a: dict(cu_seqlens=torch.tensor([0, 3, 3, 10])), r"strictly increasing.*offset 2 is 3 after 3"
+    ),
+    "cu_seqlens_end": (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 9])), r"ends at 9 but the row has T=10"),
+    "cu_seqlens_cpu_mismatch": (
+        lambda a: dict(cu_seqlens_cpu=torch.tensor([0, 10])), r"cu_seqlens_cpu \(2,\) must match cu_seqlens"
+    ),
+    "dtype_mismatch": (lambda a: dict(v=a["v"].bfloat16()), r"q, k, v must share one float dtype"),
+    "integer_g": (lambda a: dict(g=torch.zeros(1, 10, 4, dtype=torch.long)), r"g must be a float tensor"),
+    "unknown_backend": (lambda a: dict(backend="cuda"), r"backend='cuda' is not one of"),
+    "fla_on_cpu": (lambda a: dict(backend="fla"), r"backend='fla' needs CUDA"),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_inputs_raise(case):
-    make, match = BAD[case]
-    kwargs = make(_bad())
+    changes, match = BAD[case]
+    kwargs = _bad(**changes(_bad()))
     q, k, v, g, beta = (kwargs.pop(n) for n in ("q", "k", "v", "g", "beta"))
     with pytest.raises(ValueError, match=match):
         chunk_gated_delta_rule(q, k, v, g, beta, **kwargs)
@@ -326,3 +353,13 @@ def test_fp32_gates_with_bf16_qkv_are_accepted():
     q, k, v, g, beta = (args.pop(n) for n in ("q", "k", "v", "g", "beta"))
     o, ht = chunk_gated_delta_rule(q, k, v, g, beta, **args, output_final_state=True, backend="torch")
     assert o.dtype == torch.bfloat16 and ht.dtype == torch.float32
+
+
+def test_host_offsets_accepted():
+    """cu_seqlens_cpu (a tensor, as in FLA, or PackedBatch.cu_seqlens_host) spares the host read."""
+    args = _bad()
+    q, k, v, g, beta = (args.pop(n) for n in ("q", "k", "v", "g", "beta"))
+    ref, _ = chunk_gated_delta_rule(q, k, v, g, beta, **args)
+    for host in (args["cu_seqlens"].clone(), (0, 3, 4, 10)):
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, **args, cu_seqlens_cpu=host)
+        assert torch.equal(o, ref)

@@ -6,6 +6,8 @@ H query/key heads, HV value heads (a multiple of H), K key dim, V value dim.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from padfree.ops._backend import resolve_backend
@@ -29,7 +31,7 @@ def chunk_gated_delta_rule(
     *,
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
-    cu_seqlens_cpu: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule over packed documents; the state never crosses a document boundary.
@@ -46,8 +48,9 @@ def chunk_gated_delta_rule(
         output_final_state: also return each document's final state.
         use_qk_l2norm_in_kernel: l2-normalise q and k first (x * rsqrt(sum x^2 + 1e-6), in fp32).
         cu_seqlens: [N + 1] integer offsets of the documents in a single packed row (B == 1).
-        cu_seqlens_cpu: optional host copy of cu_seqlens (as in FLA); spares the one
-            device-to-host read of the offsets. It is trusted to equal cu_seqlens.
+        cu_seqlens_cpu: optional host copy of cu_seqlens (as in FLA; a CPU tensor, or a sequence of
+            ints such as PackedBatch.cu_seqlens_host); spares the one device-to-host read of the
+            offsets. It is trusted to equal cu_seqlens.
         backend: "auto" (FLA on a CUDA device where it is safe, else "torch"), "torch", "fla",
             or "naive" (the slow per-token oracle).
     Returns:
@@ -148,6 +151,8 @@ def _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B: int, T: int) -> tuple[int, 
             f"cu_seqlens needs one packed row (B=1), got B={B}; flatten the batch to [1, B * T, ...] "
             "and offset cu_seqlens, or pass cu_seqlens=None for B independent sequences."
         )
+    if cu_seqlens_cpu is not None and not isinstance(cu_seqlens_cpu, torch.Tensor):
+        cu_seqlens_cpu = torch.tensor(cu_seqlens_cpu)
     for name, x in (("cu_seqlens", cu_seqlens), ("cu_seqlens_cpu", cu_seqlens_cpu)):
         if x is None:
             continue

@@ -31,9 +31,8 @@ class Segments(NamedTuple):
     seg_start_JL: torch.Tensor | None  # in-chunk position where the slot's segment starts
     first_JL: torch.Tensor | None  # slot is in the chunk's first segment
     last_JL: torch.Tensor | None  # slot is in the chunk's last segment
-    # Host lists: the recurrence branches on them, and they size the gathers below.
-    # Used only with initial states or final states, so only those calls specialise on them when
-    # compiled; the training path (neither) uses tensors alone and compiles once per row length.
+    # Host lists, read only with initial or final states: only those calls specialise on them when
+    # compiled. The training path (neither) uses the tensors above alone: one graph per row length.
     reset_js: list[int]  # chunks where a document starts at slot 0 (all rows at once when R > 1)
     reset_docs: list[int]  # ... and which documents, for their initial states
     mid_docs: list[int]  # documents starting mid-chunk (R == 1)

@@ -20,7 +20,7 @@ a compiled graph is reused across document layouts.
   without unrolling hundreds of steps.
 
 Legend: J chunks per row, M = R * HV independent (row, value head) pairs, L chunk length,
-K key dim, V value dim, n the number of resets (documents starting in a row).
+K key dim, V value dim, n the number of injected states.
 """
 
 from __future__ import annotations
