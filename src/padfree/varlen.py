@@ -66,24 +66,34 @@ def packed_from_lengths(lengths: Sequence[int], device: torch.device | str = "cp
     return PackedBatch(cu_seqlens, tuple(offsets), max(lengths))
 
 
+def check_offsets(offsets: Sequence[int], total_len: int, row_name: str = "the row") -> None:
+    """The one check of cu_seqlens values (host ints) that every op and the model run.
+
+    They must start at 0, strictly increase (no empty document) and end at the row length.
+    """
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:8])}; the first document starts the row.")
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        if b <= a:
+            raise ValueError(
+                f"cu_seqlens must be strictly increasing, but offset {i + 1} is {b} after {a}; remove empty "
+                "documents (padfree.collate never makes them)."
+            )
+    if offsets[-1] != total_len:
+        raise ValueError(
+            f"cu_seqlens ends at {offsets[-1]} but {row_name} has {total_len} tokens; the last offset must equal "
+            "the row length (pad with a dummy document, as padfree.collate(pad_to=...) does)."
+        )
+
+
 def packed_from_cu_seqlens(cu_seqlens: torch.Tensor | Sequence[int], total_len: int) -> PackedBatch:
     """Validate `cu_seqlens` for a row of `total_len` tokens and wrap it (one host copy)."""
     device = cu_seqlens.device if isinstance(cu_seqlens, torch.Tensor) else torch.device("cpu")
     offsets = [int(x) for x in (cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens)]
-    if len(offsets) < 2 or offsets[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0 and hold at least two offsets, got {offsets[:8]}.")
+    if len(offsets) < 2:
+        raise ValueError(f"cu_seqlens must hold at least two offsets ([0, T] for one document), got {offsets}.")
+    check_offsets(offsets, total_len)
     steps = [b - a for a, b in zip(offsets, offsets[1:])]
-    if any(step <= 0 for step in steps):
-        where = next(i for i, step in enumerate(steps) if step <= 0)
-        raise ValueError(
-            f"cu_seqlens must be strictly increasing, but offset {where + 1} is {offsets[where + 1]} after "
-            f"{offsets[where]}; remove empty documents (padfree.collate never makes them)."
-        )
-    if offsets[-1] != total_len:
-        raise ValueError(
-            f"cu_seqlens ends at {offsets[-1]} but the row has {total_len} tokens; the last offset must equal "
-            "the row length (pad with a dummy document, as padfree.collate(pad_to=...) does)."
-        )
     return PackedBatch(torch.tensor(offsets, dtype=torch.int32, device=device), tuple(offsets), max(steps))
 
 

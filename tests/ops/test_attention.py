@@ -122,7 +122,7 @@ def _bad(**changes):
         (_bad(k=torch.randn(7, 2, 4)), r"k and v must both be \[T, HKV, D\] = \[7, HKV, 8\]"),
         (_bad(k=torch.randn(7, 3, 8), v=torch.randn(7, 3, 8)), "H = 4 heads, not a multiple of k/v's HKV = 3"),
         (_bad(v=torch.randn(7, 2, 8, dtype=torch.float64)), "dtypes differ"),
-        (_bad(cu_seqlens=torch.tensor([0, 3, 6])), "ends at 6 but q has T = 7"),
+        (_bad(cu_seqlens=torch.tensor([0, 3, 6])), "ends at 6 but q has 7 tokens"),
         (_bad(cu_seqlens=torch.tensor([0, 5, 3, 7])), "strictly increasing, but offset 2 is 3 after 5"),
         (_bad(cu_seqlens=torch.tensor([2, 3, 7])), "must start at 0"),
         (_bad(cu_seqlens=torch.tensor([[0, 7]])), "1-D integer tensor"),

@@ -199,7 +199,7 @@ def _bad(**changes):
         (_bad(bias=torch.randn(D, 1)), r"bias must be \[D\] = \[12\]"),
         (_bad(activation="relu"), "activation='relu' is not supported"),
         (_bad(x=torch.randn(2, 7, D)), r"cu_seqlens needs one packed row \(B = 1\)"),
-        (_bad(cu_seqlens=torch.tensor([0, 3, 6])), "ends at 6 but x has T = 7"),
+        (_bad(cu_seqlens=torch.tensor([0, 3, 6])), "ends at 6 but x has 7 tokens"),
         (_bad(cu_seqlens=torch.tensor([0, 3, 3, 7])), "strictly increasing, but offset 2 is 3 after 3"),
         (_bad(cu_seqlens=torch.tensor([1, 3, 7])), "must start at 0"),
         (_bad(cu_seqlens=torch.tensor([0.0, 7.0])), "1-D integer tensor"),

@@ -327,7 +327,7 @@ BAD = {
     "cu_seqlens_not_increasing": (
         lambda a: dict(cu_seqlens=torch.tensor([0, 3, 3, 10])), r"strictly increasing.*offset 2 is 3 after 3"
     ),
-    "cu_seqlens_end": (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 9])), r"ends at 9 but the row has T=10"),
+    "cu_seqlens_end": (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 9])), r"ends at 9 but the row has 10 tokens"),
     "cu_seqlens_cpu_mismatch": (
         lambda a: dict(cu_seqlens_cpu=torch.tensor([0, 10])), r"cu_seqlens_cpu \(2,\) must match cu_seqlens"
     ),

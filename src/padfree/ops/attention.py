@@ -22,6 +22,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from padfree.varlen import check_offsets
+
 __all__ = ["BACKENDS", "varlen_attention"]
 
 BACKENDS = ("auto", "varlen_attn", "flash_attn", "sdpa_per_doc")
@@ -116,20 +118,8 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int
         return None  # values are trusted inside a compiled graph; checking them would sync and break it
     else:
         offsets = tuple(cu_seqlens.tolist())
-    if offsets[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:8])}; the first document starts the row.")
+    check_offsets(offsets, T, row_name="q")
     lengths = [b - a for a, b in zip(offsets, offsets[1:])]
-    if min(lengths) <= 0:
-        i = next(i for i, n in enumerate(lengths) if n <= 0)
-        raise ValueError(
-            f"cu_seqlens must be strictly increasing, but offset {i + 1} is {offsets[i + 1]} after {offsets[i]}; "
-            "drop empty documents."
-        )
-    if offsets[-1] != T:
-        raise ValueError(
-            f"cu_seqlens ends at {offsets[-1]} but q has T = {T} tokens; the last offset must equal T "
-            "(pad with a dummy document rather than leaving tokens uncovered)."
-        )
     if max_seqlen < max(lengths):
         raise ValueError(
             f"max_seqlen = {max_seqlen} is shorter than the longest document ({max(lengths)} tokens); flash "

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from padfree.ops._backend import resolve_backend
+from padfree.varlen import check_offsets
 from padfree.ops.conv1d import naive, torch_backend
 
 __all__ = ["causal_conv1d"]
@@ -159,21 +160,5 @@ def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ..
         return N, None  # values are trusted inside a compiled graph; reading them would break it
     else:
         host_offsets = tuple(cu_seqlens.tolist())
-    _check_offsets(host_offsets, T)
+    check_offsets(host_offsets, T, row_name="x")
     return N, host_offsets
-
-
-def _check_offsets(offsets: tuple[int, ...], T: int) -> None:
-    if offsets[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:8])}; the first document starts the row.")
-    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
-        if b <= a:
-            raise ValueError(
-                f"cu_seqlens must be strictly increasing, but offset {i + 1} is {b} after {a}; "
-                "drop empty documents (padfree.packed_from_lengths refuses them)."
-            )
-    if offsets[-1] != T:
-        raise ValueError(
-            f"cu_seqlens ends at {offsets[-1]} but x has T = {T} tokens; the last offset must equal T "
-            "(pad with a dummy document rather than leaving tokens uncovered)."
-        )

@@ -12,6 +12,7 @@ import torch
 
 from padfree.ops._backend import resolve_backend
 from padfree.ops.gated_delta import fla_backend, naive, torch_backend
+from padfree.varlen import check_offsets
 
 __all__ = ["chunk_gated_delta_rule"]
 
@@ -164,16 +165,5 @@ def _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B: int, T: int) -> tuple[int, 
         raise ValueError(f"cu_seqlens_cpu {_shape(cu_seqlens_cpu)} must match cu_seqlens {_shape(cu_seqlens)}.")
     # The one host read of the offsets (none when the caller passed a host copy).
     offsets = tuple((cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist())
-    if offsets[0] != 0:
-        raise ValueError(f"cu_seqlens must start at 0, got {list(offsets[:4])}...; prepend 0.")
-    bad = next((i for i in range(1, len(offsets)) if offsets[i] <= offsets[i - 1]), None)
-    if bad is not None:
-        raise ValueError(
-            f"cu_seqlens must be strictly increasing, but offset {bad} is {offsets[bad]} after {offsets[bad - 1]}; "
-            "drop empty documents."
-        )
-    if offsets[-1] != T:
-        raise ValueError(
-            f"cu_seqlens ends at {offsets[-1]} but the row has T={T} tokens; the last offset must equal T."
-        )
+    check_offsets(offsets, T)
     return offsets
