@@ -7,12 +7,23 @@
 """
 
 from padfree.collate import collate
+from padfree.loss import causal_lm_loss, chunked_linear_cross_entropy, count_trained_tokens, per_token_logprobs
 from padfree.models import is_patched, patch, unpatch
+from padfree.packing import PackingPlan, PackingStats, pack
+from padfree.packing_stream import pack_stream
 from padfree.varlen import PackedBatch, packed_from_cu_seqlens, packed_from_lengths, packed_from_position_ids
 
 __all__ = [
     "PackedBatch",
+    "PackingPlan",
+    "PackingStats",
+    "causal_lm_loss",
+    "chunked_linear_cross_entropy",
     "collate",
+    "count_trained_tokens",
+    "pack",
+    "pack_stream",
+    "per_token_logprobs",
     "is_patched",
     "packed_from_cu_seqlens",
     "packed_from_lengths",
