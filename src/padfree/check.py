@@ -78,7 +78,7 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     probe = torch.empty(1, 1, head_dim, dtype=dtype, device=device)
-    return f"Gated DeltaNet {gdn}{why}, attention {attention._resolve('auto', probe)}"
+    return f"Gated DeltaNet {gdn}{why}, attention {attention.resolve_attention_backend('auto', probe)}"
 
 
 def _packed_vs_per_document(model, lengths: list[int], device: torch.device) -> list[float]:

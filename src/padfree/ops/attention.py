@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from padfree.varlen import check_offsets
 
-__all__ = ["BACKENDS", "varlen_attention"]
+__all__ = ["BACKENDS", "resolve_attention_backend", "varlen_attention"]
 
 BACKENDS = ("auto", "varlen_attn", "flash_attn", "sdpa_per_doc")
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -64,7 +64,7 @@ def varlen_attention(
     offsets = _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    kind = _resolve(backend, q)
+    kind = resolve_attention_backend(backend, q)
     if kind == "varlen_attn":
         return _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale)
     elif kind == "flash_attn":
@@ -128,7 +128,7 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int
     return offsets
 
 
-def _resolve(backend: str, q: torch.Tensor) -> str:
+def resolve_attention_backend(backend: str, q: torch.Tensor) -> str:
     """The concrete backend for `backend` and q's device/dtype; explicit choices that cannot run raise."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}; pass one of those.")
