@@ -66,6 +66,15 @@ def packed_from_lengths(lengths: Sequence[int], device: torch.device | str = "cp
     return PackedBatch(cu_seqlens, tuple(offsets), max(lengths))
 
 
+def check_cu_seqlens_tensor(cu_seqlens: torch.Tensor) -> None:
+    """cu_seqlens must be a 1-D integer tensor of N + 1 offsets, N >= 1 (checked without reading values)."""
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
+        raise ValueError(
+            f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} of shape "
+            f"{tuple(cu_seqlens.shape)}."
+        )
+
+
 def check_offsets(offsets: Sequence[int], total_len: int, row_name: str = "the row") -> None:
     """The one check of cu_seqlens values (host ints) that every op and the model run.
 

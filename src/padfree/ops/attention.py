@@ -22,7 +22,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from padfree.varlen import check_offsets
+from padfree.varlen import check_cu_seqlens_tensor, check_offsets
 
 __all__ = ["BACKENDS", "resolve_attention_backend", "varlen_attention"]
 
@@ -103,11 +103,7 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int
             f"q, k, v, cu_seqlens are on {q.device}, {k.device}, {v.device}, {cu_seqlens.device}; "
             "move them to one device."
         )
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
-        raise ValueError(
-            f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} of shape "
-            f"{tuple(cu_seqlens.shape)}."
-        )
+    check_cu_seqlens_tensor(cu_seqlens)
     if not isinstance(max_seqlen, int) or max_seqlen < 1:
         raise ValueError(f"max_seqlen must be a positive int (the longest document's length), got {max_seqlen!r}.")
     if cu_seqlens_host is not None:

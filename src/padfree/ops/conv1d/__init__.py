@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from padfree.ops._backend import resolve_backend
-from padfree.varlen import check_offsets
+from padfree.varlen import check_cu_seqlens_tensor, check_offsets
 from padfree.ops.conv1d import naive, torch_backend
 
 __all__ = ["causal_conv1d"]
@@ -143,11 +143,7 @@ def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ..
             f"cu_seqlens needs one packed row (B = 1), got x of shape {tuple(x.shape)}; "
             "concatenate the rows into x of shape [1, B*T, D] with offsets for each document."
         )
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
-        raise ValueError(
-            f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} "
-            f"of shape {tuple(cu_seqlens.shape)}."
-        )
+    check_cu_seqlens_tensor(cu_seqlens)
     if cu_seqlens.device != x.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but x is on {x.device}; use .to(x.device).")
     N = cu_seqlens.numel() - 1
