@@ -107,6 +107,40 @@ def test_bf16_against_fp32_oracle(nan_empty):
         assert_close(name, ref, out, BF16, BF16_WHY)
 
 
+def _tail_queries(q, k, v, lengths, tails, backend="sdpa_per_doc"):
+    """Each document's last `tail` queries against all of its keys (what context parallelism asks)."""
+    offsets = _cu(lengths).tolist()
+    rows = torch.cat([torch.arange(e - n, e) for e, n in zip(offsets[1:], tails)])
+    cu_q = _cu(tails, q.device)
+    return varlen_attention(
+        q[rows], k, v, cu_q, max(tails), backend=backend,
+        cu_seqlens_k=_cu(lengths, q.device), max_seqlen_k=max(lengths),
+    ), rows  # fmt: skip
+
+
+@pytest.mark.parametrize("tails", [[7, 1, 3, 29, 2], [7, 16, 3, 29, 11], [1, 1, 1, 1, 1]])
+def test_more_keys_than_queries_is_bottom_right_causal(tails, nan_empty):
+    """Query i of a document's tail sees exactly the keys the same token sees in the full document."""
+    lengths = CASES["arbitrary_boundaries"]
+    q, k, v = _qkv(sum(lengths), 4, 2, 8)
+    ours, rows = _tail_queries(q, k, v, lengths, tails)
+    assert any(t < n for t, n in zip(tails, lengths)) or tails == lengths
+    dout = torch.randn(ours.shape, generator=torch.Generator().manual_seed(3))
+    ours_grads = torch.autograd.grad(ours, (q, k, v), dout)
+    full = _eager_per_doc(q, k, v, lengths)[rows]  # every query over its whole document, then the tails
+    assert_close("o", full, ours, FP32, FP32_WHY)
+    for name, ref, out in zip(["dq", "dk", "dv"], torch.autograd.grad(full, (q, k, v), dout), ours_grads):
+        assert_close(name, ref, out, FP32, FP32_WHY)
+
+
+def test_fewer_keys_than_queries_is_refused():
+    q, k, v = _qkv(10, 2, 2, 8)
+    with pytest.raises(ValueError, match="document 1 has 6 queries but only 5 keys"):
+        varlen_attention(
+            q, k[:9], v[:9], _cu([4, 6]), 6, backend="sdpa_per_doc", cu_seqlens_k=_cu([4, 5]), max_seqlen_k=5
+        )
+
+
 def _bad(**changes):
     T, H, HKV, D = 7, 4, 2, 8
     args = dict(q=torch.randn(T, H, D), k=torch.randn(T, HKV, D), v=torch.randn(T, HKV, D))
@@ -119,7 +153,7 @@ def _bad(**changes):
     "args, message",
     [
         (_bad(q=torch.randn(1, 7, 4, 8)), r"must be \[T, H, D\] \(no batch dim\)"),
-        (_bad(k=torch.randn(7, 2, 4)), r"k and v must both be \[T, HKV, D\] = \[7, HKV, 8\]"),
+        (_bad(k=torch.randn(7, 2, 4)), r"k and v must both be \[Tk, HKV, D\] = \[Tk, HKV, 8\]"),
         (_bad(k=torch.randn(7, 3, 8), v=torch.randn(7, 3, 8)), "H = 4 heads, not a multiple of k/v's HKV = 3"),
         (_bad(v=torch.randn(7, 2, 8, dtype=torch.float64)), "dtypes differ"),
         (_bad(cu_seqlens=torch.tensor([0, 3, 6])), "ends at 6 but q has 7 tokens"),
@@ -169,6 +203,17 @@ def test_torch_varlen_attn_backend(H, HKV, D, scale):
 @pytest.mark.parametrize("H, HKV, D, scale", [(8, 2, 256, None), (4, 4, 128, 0.05)])
 def test_flash_attn_backend(H, HKV, D, scale):
     _cuda_check("flash_attn", H, HKV, D, scale)
+
+
+@cuda
+@pytest.mark.skipif(_torch_varlen_attn() is None, reason="needs torch.nn.attention.varlen")
+def test_torch_varlen_attn_more_keys_than_queries():
+    lengths, tails = [37, 128, 5, 300, 64], [37, 20, 1, 150, 64]
+    q, k, v = _qkv(sum(lengths), 8, 2, 128, dtype=torch.bfloat16, device="cuda")
+    ours, rows = _tail_queries(q, k, v, lengths, tails, backend="varlen_attn")
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    oracle, _ = _tail_queries(q32, k32, v32, lengths, tails)
+    assert_close("varlen_attn tail queries", oracle, ours, BF16, BF16_WHY)
 
 
 @cuda

@@ -19,6 +19,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from padfree.loss import causal_lm_loss
+from padfree.parallel.shard import sharded_row
 from padfree.varlen import PackedBatch, packed_from_cu_seqlens, packed_from_position_ids, position_ids_restart
 
 PACKED_KWARG = "padfree_packed"
@@ -46,7 +47,9 @@ def _find_packed(args: dict, total_len: int) -> PackedBatch | None:
     return packed_from_cu_seqlens(cu, total_len)
 
 
-def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, device: torch.device) -> None:
+def _check_packed_row(
+    args: dict, packed: PackedBatch, batch_size: int, device: torch.device, rows: slice = slice(None)
+) -> None:
     if batch_size != 1:
         raise ValueError(
             f"a packed row must have batch size 1, got {batch_size}; padfree.collate packs a batch into one row."
@@ -60,7 +63,7 @@ def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, device: 
     if args.get("cache") is not None or args.get("past_key_values") is not None:
         raise ValueError("a packed row cannot use a cache (it holds several documents); generate per document.")
     position_ids = args.get("position_ids")
-    expected = torch.cat([torch.arange(n, device=device) for n in packed.lengths]).unsqueeze(0)
+    expected = torch.cat([torch.arange(n, device=device) for n in packed.lengths]).unsqueeze(0)[:, rows]
     if position_ids is None:
         args["position_ids"] = expected
     elif position_ids.shape != expected.shape or not bool((position_ids == expected).all()):
@@ -70,12 +73,14 @@ def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, device: 
         )
 
 
-def packed_causal_lm_forward(model, original_forward, fused_loss: bool, *args, **kwargs):
+def packed_causal_lm_forward(model, original_forward, fused_loss: bool, sp, *args, **kwargs):
     """`forward` of a patched causal LM; see the module docstring for the packed-row rule."""
     bound = inspect.signature(original_forward).bind_partial(*args, **kwargs)
     call = dict(bound.arguments)
     call.update(call.pop("kwargs", {}))
     reference = call.get("input_ids") if call.get("input_ids") is not None else call.get("inputs_embeds")
+    if sp is not None:
+        return _sharded_forward(model, sp, fused_loss, call, reference)
     if reference is None:
         return original_forward(*args, **kwargs)
     packed = _find_packed(call, total_len=reference.shape[1])
@@ -99,3 +104,37 @@ def packed_causal_lm_forward(model, original_forward, fused_loss: bool, *args, *
         outputs.last_hidden_state, model.lm_head.weight, labels, num_items_in_batch, lm_head_bias=model.lm_head.bias
     )
     return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=outputs.hidden_states)
+
+
+def _sharded_forward(model, sp, fused_loss: bool, call: dict, reference: torch.Tensor | None):
+    """A sequence-parallel rank's slice of a packed row (from padfree.parallel.shard_batch)."""
+    if reference is None or "cu_seq_lens_q" not in call:
+        raise ValueError(
+            "this model is patched for sequence parallelism: pass each rank's slice of a packed row from "
+            "padfree.parallel.shard_batch(padfree.collate(samples), sp)."
+        )
+    if call.get("labels") is not None:
+        raise ValueError(
+            "with sequence parallelism pass shift_labels (shard_batch shifts labels before splitting the row), "
+            "not labels: a rank cannot shift across its boundary."
+        )
+    packed = _find_packed(call, total_len=reference.shape[1] * sp.size)
+    row = sharded_row(sp, packed.to(reference.device))
+    _check_packed_row(call, packed, reference.shape[0], reference.device, rows=slice(row.start, row.end))
+    call.update(attention_mask=dict(_NO_MASKS), use_cache=False)
+    call[PACKED_KWARG] = row
+    targets = call.pop("shift_labels", None)
+    num_items_in_batch = call.pop("num_items_in_batch", None)
+    call.pop("logits_to_keep", None)
+    outputs = model.model(**call)
+    hidden = outputs.last_hidden_state
+    fused = targets is not None and fused_loss and model.training  # then no [T, vocab] logits, as unsharded
+    loss = None
+    if targets is not None:
+        if num_items_in_batch is None:  # the whole row's count: every rank divides by the same number
+            num_items_in_batch = (targets != -100).sum()
+            torch.distributed.all_reduce(num_items_in_batch, group=sp.group)
+        loss = causal_lm_loss(hidden, model.lm_head.weight, None, num_items_in_batch,
+                              lm_head_bias=model.lm_head.bias, shift_labels_BT=targets)  # fmt: skip
+    logits = None if fused else model.lm_head(hidden)
+    return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

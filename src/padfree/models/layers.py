@@ -22,7 +22,7 @@ from padfree.ops.gated_delta import chunk_gated_delta_rule
 from padfree.varlen import PackedBatch
 
 
-def _gdn_projections(module, hidden_1TC: torch.Tensor):
+def gdn_projections(module, hidden_1TC: torch.Tensor):
     """(mixed_qkv [1, T, 2*H*Dk + HV*Dv], z [1, T, HV, Dv], b [1, T, HV], a [1, T, HV]) of a GDN layer."""
     if hasattr(module, "in_proj_qkvz"):  # Qwen3-Next: one fused projection with a head-interleaved layout
         q, k, v, z, b, a = module.fix_query_key_value_ordering(
@@ -34,38 +34,57 @@ def _gdn_projections(module, hidden_1TC: torch.Tensor):
     return module.in_proj_qkv(hidden_1TC), z, module.in_proj_b(hidden_1TC), module.in_proj_a(hidden_1TC)
 
 
-def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch, backend: str) -> torch.Tensor:
-    """A Qwen3.5 / Qwen3-Next Gated DeltaNet layer over a packed row; state restarts per document."""
-    mixed_qkv, z_1THD, b_1TH, a_1TH = _gdn_projections(module, hidden_1TC)
-    mixed_qkv = causal_conv1d(
-        mixed_qkv,
-        module.conv1d.weight.squeeze(1),
-        module.conv1d.bias,
-        activation=module.activation,
-        cu_seqlens=packed.cu_seqlens,
-        cu_seqlens_cpu=packed.cu_seqlens_cpu,
-        backend=backend,
-    )
-    q, k, v = torch.split(mixed_qkv, [module.key_dim, module.key_dim, module.value_dim], dim=-1)
+def gdn_gate_inputs(
+    module, mixed_qkv_1TC, b_1TH, a_1TH, packed: PackedBatch, backend: str, *,
+    channels: torch.Tensor | None = None, value_heads: slice | None = None, conv_state: torch.Tensor | None = None,
+):  # fmt: skip
+    """The conv and gates of a GDN layer: (q, k [1, T, H, Dk], v [1, T, HV, Dv], g, beta [1, T, HV]).
+
+    For a head shard (sequence parallelism) `channels` picks the conv channels of mixed_qkv and
+    `value_heads` the value heads of b and a; `conv_state` is the conv's initial_state per document.
+    """
+    weight, bias = module.conv1d.weight.squeeze(1), module.conv1d.bias
+    A_log, dt_bias = module.A_log, module.dt_bias
+    if channels is not None:
+        weight, bias = weight[channels], None if bias is None else bias[channels]
+    if value_heads is not None:
+        A_log, dt_bias = A_log[value_heads], dt_bias[value_heads]
+    mixed_qkv_1TC = causal_conv1d(
+        mixed_qkv_1TC, weight, bias, activation=module.activation, initial_state=conv_state,
+        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_cpu, backend=backend,
+    )  # fmt: skip
+    value_width = b_1TH.shape[-1] * module.head_v_dim
+    key_width = (mixed_qkv_1TC.shape[-1] - value_width) // 2
+    q, k, v = torch.split(mixed_qkv_1TC, [key_width, key_width, value_width], dim=-1)
     q_1THD = q.unflatten(-1, (-1, module.head_k_dim))
     k_1THD = k.unflatten(-1, (-1, module.head_k_dim))
     v_1THD = v.unflatten(-1, (-1, module.head_v_dim))
     beta_1TH = b_1TH.sigmoid()
     # fp32 as upstream: in half precision exp(A_log) can overflow to inf
-    g_1TH = -module.A_log.float().exp() * F.softplus(a_1TH.float() + module.dt_bias)
+    g_1TH = -A_log.float().exp() * F.softplus(a_1TH.float() + dt_bias)
+    return q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH
+
+
+def gdn_output(module, o_1THD: torch.Tensor, z_1THD: torch.Tensor) -> torch.Tensor:
+    """The gated RMSNorm (per head, with z) and out_proj of a GDN layer: [1, T, HV, Dv] -> [1, T, C]."""
+    o = module.norm(o_1THD.reshape(-1, module.head_v_dim), z_1THD.reshape(-1, module.head_v_dim))
+    return module.out_proj(o.reshape(o_1THD.shape[0], o_1THD.shape[1], -1))
+
+
+def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch, backend: str) -> torch.Tensor:
+    """A Qwen3.5 / Qwen3-Next Gated DeltaNet layer over a packed row; state restarts per document."""
+    mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
+    q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH = gdn_gate_inputs(module, mixed_qkv, b_1TH, a_1TH, packed, backend)
     o_1THD, _ = chunk_gated_delta_rule(
         q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH,
         cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_cpu,
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
-    o = module.norm(o_1THD.reshape(-1, module.head_v_dim), z_1THD.reshape(-1, module.head_v_dim))
-    return module.out_proj(o.reshape(hidden_1TC.shape[0], hidden_1TC.shape[1], -1))
+    return gdn_output(module, o_1THD, z_1THD)
 
 
-def attention_packed(
-    module, hidden_1TC: torch.Tensor, position_embeddings, packed: PackedBatch, backend: str
-) -> tuple[torch.Tensor, None]:
-    """A Qwen3.5-family gated attention layer over a packed row; each document attends to itself only."""
+def attention_qkv(module, hidden_1TC: torch.Tensor, position_embeddings):
+    """(q [1, T, H, D] normed and rotated, k, v [1, T, HKV, D], output gate [1, T, H, D]) of an attention layer."""
     T, D = hidden_1TC.shape[1], module.head_dim
     q_gate = module.q_proj(hidden_1TC).view(1, T, -1, 2 * D)
     q_1THD, gate_1THD = q_gate.chunk(2, dim=-1)
@@ -76,9 +95,21 @@ def attention_packed(
     apply_rotary_pos_emb = sys.modules[type(module).__module__].apply_rotary_pos_emb
     cos, sin = position_embeddings
     q_1THD, k_1THD = apply_rotary_pos_emb(q_1THD, k_1THD, cos, sin, unsqueeze_dim=2)
+    return q_1THD, k_1THD, v_1THD, gate_1THD
+
+
+def attention_output(module, o_THD: torch.Tensor, gate_1THD: torch.Tensor) -> torch.Tensor:
+    o_1TC = o_THD.reshape(1, o_THD.shape[0], -1) * torch.sigmoid(gate_1THD.reshape(1, o_THD.shape[0], -1))
+    return module.o_proj(o_1TC)
+
+
+def attention_packed(
+    module, hidden_1TC: torch.Tensor, position_embeddings, packed: PackedBatch, backend: str
+) -> tuple[torch.Tensor, None]:
+    """A Qwen3.5-family gated attention layer over a packed row; each document attends to itself only."""
+    q_1THD, k_1THD, v_1THD, gate_1THD = attention_qkv(module, hidden_1TC, position_embeddings)
     o_THD = varlen_attention(
         q_1THD[0], k_1THD[0], v_1THD[0], packed.cu_seqlens, packed.max_seqlen,
         scale=module.scaling, backend=backend, cu_seqlens_host=packed.cu_seqlens_host,
     )  # fmt: skip
-    o_1TC = o_THD.reshape(1, T, -1) * torch.sigmoid(gate_1THD.reshape(1, T, -1))
-    return module.o_proj(o_1TC), None
+    return attention_output(module, o_THD, gate_1THD), None

@@ -16,6 +16,9 @@ from packaging.version import Version
 
 from padfree.models.causal_lm import PACKED_KWARG, packed_causal_lm_forward
 from padfree.models.layers import attention_packed, gated_deltanet_packed
+from padfree.parallel.layers import sharded_mixer
+from padfree.parallel.mesh import SequenceParallel
+from padfree.parallel.shard import ShardedRow
 
 # The one transformers version gate: 5.9 is the first release whose Qwen3.5 Gated DeltaNet accepts
 # cu_seq_lens_q and whose decoder layers forward extra keywords to their mixers; 6 may change both.
@@ -64,6 +67,9 @@ def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_b
         if packed is None:
             return upstream(*args, **kwargs)
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if isinstance(packed, ShardedRow):  # sequence parallelism: this rank holds a slice of the row
+            return sharded_mixer(kind, module, hidden, kwargs.get("position_embeddings"), packed,
+                                 backend if kind == "gdn" else attention_backend)  # fmt: skip
         if kind == "gdn":
             return gated_deltanet_packed(module, hidden, packed, backend)
         return attention_packed(module, hidden, kwargs["position_embeddings"], packed, attention_backend)
@@ -72,7 +78,12 @@ def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_b
 
 
 def patch(
-    model: torch.nn.Module, *, backend: str = "auto", attention_backend: str = "auto", fused_loss: bool = True
+    model: torch.nn.Module,
+    *,
+    backend: str = "auto",
+    attention_backend: str = "auto",
+    fused_loss: bool = True,
+    sequence_parallel: SequenceParallel | None = None,
 ) -> torch.nn.Module:
     """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
 
@@ -80,6 +91,9 @@ def patch(
     attention_backend: varlen attention: "auto", "varlen_attn", "flash_attn", "sdpa_per_doc".
     fused_loss:        in training mode with labels, compute the loss chunk by chunk without the
                        [T, vocab] logits (the output's `logits` is then None).
+    sequence_parallel: split each packed row over these ranks (padfree.parallel); batches must then
+                       come from `padfree.parallel.shard_batch`. Its mode is checked against the
+                       model's heads here, before any compute.
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
@@ -90,6 +104,13 @@ def patch(
             f"padfree.patch supports {', '.join(SUPPORTED_CLASSES)}; got {name}. Load the model with "
             "AutoModelForCausalLM from a Qwen3.5, Qwen3.5-MoE or Qwen3-Next checkpoint."
         )
+    if sequence_parallel is not None:
+        sequence_parallel = sequence_parallel.resolved_for(inner.config)
+        if getattr(inner.config.get_text_config(), "output_router_logits", False):
+            raise ValueError(
+                "sequence parallelism does not compute the MoE router's auxiliary loss; set "
+                "model.config.output_router_logits = False (fine-tuning usually keeps the router frozen)."
+            )
     unpatch(inner)
     mixers = list(_mixers(inner))
     if not any(kind == "gdn" for kind, _ in mixers):
@@ -98,9 +119,10 @@ def patch(
         module.forward = _mixer_forward(kind, module, backend, attention_backend)
     upstream = type(inner).forward.__get__(inner)
     inner.forward = functools.wraps(upstream)(
-        functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss)
+        functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss, sequence_parallel)
     )
-    setattr(inner, _MARK, dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss))
+    settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss)
+    setattr(inner, _MARK, dict(settings, sequence_parallel=sequence_parallel))
     return model
 
 

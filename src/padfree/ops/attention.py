@@ -11,6 +11,11 @@ Backends (a plain `backend=` argument):
   "sdpa_per_doc"  exact fallback on any device and dtype: `F.scaled_dot_product_attention` per
                   group of equal-length documents; costs sum(Ld^2), never T^2.
   "auto"          varlen_attn on CUDA with fp16/bf16, else flash_attn if installed, else sdpa_per_doc.
+
+Keys may run further back than queries (`cu_seqlens_k`): context parallelism gives a rank the
+queries of a document's tail and the keys from the document's start. Causality is then aligned to
+the bottom right, as in flash-attn: query i of a document with Lq queries and Lk keys sees keys
+0 .. Lk - Lq + i.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ def varlen_attention(
     scale: float | None = None,
     backend: str = "auto",
     cu_seqlens_host: tuple[int, ...] | None = None,
+    *,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_k: int | None = None,
+    cu_seqlens_k_host: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """Causal attention within each document of a packed row; documents never see each other.
 
@@ -51,6 +60,9 @@ def varlen_attention(
         backend: one of BACKENDS.
         cu_seqlens_host: the offsets as Python ints (`PackedBatch.cu_seqlens_host`); with it the
             checks and "sdpa_per_doc" need no device-to-host copy.
+        cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host: the keys' own offsets (k, v are then
+            [Tk, HKV, D]), each document with at least as many keys as queries, causal aligned to
+            the bottom right (see the module docstring). Default: the queries' offsets.
 
     Returns:
         [T, H, D] in q's dtype.
@@ -61,34 +73,50 @@ def varlen_attention(
         >>> varlen_attention(q, k, v, cu, max_seqlen=4, backend="sdpa_per_doc").shape
         torch.Size([7, 4, 8])
     """
-    offsets = _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host)
+    if cu_seqlens_k is None:
+        if max_seqlen_k is not None or cu_seqlens_k_host is not None:
+            raise ValueError("max_seqlen_k / cu_seqlens_k_host were given without cu_seqlens_k; pass all three.")
+        cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host = cu_seqlens, max_seqlen, cu_seqlens_host
+    offsets, offsets_k = _check_inputs(
+        q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host
+    )
     if scale is None:
         scale = q.shape[-1] ** -0.5
     kind = resolve_attention_backend(backend, q)
+    cu = (cu_seqlens, cu_seqlens_k, max_seqlen, max_seqlen_k)
     if kind == "varlen_attn":
-        return _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale)
+        return _varlen_attn(q, k, v, *cu, scale)
     elif kind == "flash_attn":
-        return _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale)
+        return _flash_attn(q, k, v, *cu, scale)
     elif kind == "sdpa_per_doc":
         if offsets is None:
             offsets = tuple(cu_seqlens.tolist())
-        return _sdpa_per_doc(q, k, v, offsets, scale)
+        if offsets_k is None:
+            offsets_k = tuple(cu_seqlens_k.tolist())
+        return _sdpa_per_doc(q, k, v, offsets, offsets_k, scale)
     else:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}; pass one of those.")
 
 
-def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int, ...] | None:
-    """Raise ValueError on inputs any backend would misread; return the host offsets if known."""
+def _check_inputs(
+    q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Raise ValueError on inputs any backend would misread; return the host offsets (q, k) if known."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"q, k, v must be [T, H, D] (no batch dim), got {tuple(q.shape)}, {tuple(k.shape)}, "
             f"{tuple(v.shape)}; pass q[0] for a packed [1, T, H, D] row."
         )
     T, H, D = q.shape
-    if k.shape != v.shape or k.shape[0] != T or k.shape[2] != D:
+    if k.shape != v.shape or k.shape[2] != D:
         raise ValueError(
-            f"k and v must both be [T, HKV, D] = [{T}, HKV, {D}] for q of shape {tuple(q.shape)}, "
+            f"k and v must both be [Tk, HKV, D] = [Tk, HKV, {D}] for q of shape {tuple(q.shape)}, "
             f"got k {tuple(k.shape)} and v {tuple(v.shape)}."
+        )
+    if cu_seqlens_k is cu_seqlens and k.shape[0] != T:
+        raise ValueError(
+            f"k and v must both be [T, HKV, D] = [{T}, HKV, {D}] for q of shape {tuple(q.shape)}, got k "
+            f"{tuple(k.shape)}; pass cu_seqlens_k for keys of other lengths."
         )
     HKV = k.shape[1]
     if HKV == 0 or H % HKV != 0:
@@ -98,30 +126,51 @@ def _check_inputs(q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host) -> tuple[int
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one dtype.")
-    if not (q.device == k.device == v.device == cu_seqlens.device):
+    if not (q.device == k.device == v.device == cu_seqlens.device == cu_seqlens_k.device):
         raise ValueError(
-            f"q, k, v, cu_seqlens are on {q.device}, {k.device}, {v.device}, {cu_seqlens.device}; "
-            "move them to one device."
+            f"q, k, v, cu_seqlens, cu_seqlens_k are on {q.device}, {k.device}, {v.device}, {cu_seqlens.device}, "
+            f"{cu_seqlens_k.device}; move them to one device."
         )
     check_cu_seqlens_tensor(cu_seqlens)
-    if not isinstance(max_seqlen, int) or max_seqlen < 1:
-        raise ValueError(f"max_seqlen must be a positive int (the longest document's length), got {max_seqlen!r}.")
-    if cu_seqlens_host is not None:
-        offsets = tuple(int(o) for o in cu_seqlens_host)
-        if len(offsets) != cu_seqlens.numel():
-            raise ValueError(f"cu_seqlens_host has {len(offsets)} offsets but cu_seqlens has {cu_seqlens.numel()}.")
-    elif torch.compiler.is_compiling():
-        return None  # values are trusted inside a compiled graph; checking them would sync and break it
-    else:
-        offsets = tuple(cu_seqlens.tolist())
-    check_offsets(offsets, T, row_name="q")
-    lengths = [b - a for a, b in zip(offsets, offsets[1:])]
-    if max_seqlen < max(lengths):
+    check_cu_seqlens_tensor(cu_seqlens_k)
+    if cu_seqlens_k.numel() != cu_seqlens.numel():
         raise ValueError(
-            f"max_seqlen = {max_seqlen} is shorter than the longest document ({max(lengths)} tokens); flash "
-            "kernels would skip its tail. Pass PackedBatch.max_seqlen."
+            f"cu_seqlens_k has {cu_seqlens_k.numel()} offsets but cu_seqlens has {cu_seqlens.numel()}; "
+            "queries and keys must describe the same documents."
         )
-    return offsets
+    found = []
+    for name, cu, host, max_len, rows in (
+        ("", cu_seqlens, cu_seqlens_host, max_seqlen, T),
+        ("_k", cu_seqlens_k, cu_seqlens_k_host, max_seqlen_k, k.shape[0]),
+    ):
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_seqlen{name} must be a positive int (the longest document's length), got {max_len!r}.")
+        if host is not None:
+            offsets = tuple(int(o) for o in host)
+            if len(offsets) != cu.numel():
+                raise ValueError(f"cu_seqlens{name}_host has {len(offsets)} offsets but cu_seqlens{name} has {cu.numel()}.")
+        elif torch.compiler.is_compiling():
+            found.append(None)  # values are trusted inside a compiled graph; checking them would sync and break it
+            continue
+        else:
+            offsets = tuple(cu.tolist())
+        check_offsets(offsets, rows, row_name="q" if not name else "k")
+        longest = max(b - a for a, b in zip(offsets, offsets[1:]))
+        if max_len < longest:
+            raise ValueError(
+                f"max_seqlen{name} = {max_len} is shorter than the longest document ({longest} tokens); flash "
+                "kernels would skip its tail. Pass PackedBatch.max_seqlen."
+            )
+        found.append(offsets)
+    offsets_q, offsets_k = found
+    if offsets_q is not None and offsets_k is not None:
+        for i, (a, b, ak, bk) in enumerate(zip(offsets_q, offsets_q[1:], offsets_k, offsets_k[1:])):
+            if bk - ak < b - a:
+                raise ValueError(
+                    f"document {i} has {b - a} queries but only {bk - ak} keys; with bottom-right causality every "
+                    "query needs its own key, so each document needs at least as many keys as queries."
+                )
+    return offsets_q, offsets_k
 
 
 def resolve_attention_backend(backend: str, q: torch.Tensor) -> str:
@@ -173,7 +222,7 @@ def _flash_attn_varlen_func():
     return None
 
 
-def _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale):
+def _varlen_attn(q, k, v, cu_seqlens, cu_seqlens_k, max_seqlen, max_seqlen_k, scale):
     varlen_attn, params = _torch_varlen_attn()
     H, HKV, D = q.shape[1], k.shape[1], q.shape[2]
     kwargs = {}
@@ -195,36 +244,35 @@ def _varlen_attn(q, k, v, cu_seqlens, max_seqlen, scale):
         else:  # repeat each key/value head for its group of query heads, as repeat_kv does
             k = k.repeat_interleave(H // HKV, dim=1)
             v = v.repeat_interleave(H // HKV, dim=1)
-    cu32 = cu_seqlens.to(torch.int32)
-    return varlen_attn(q, k, v, cu32, cu32, max_seqlen, max_seqlen, **kwargs)
+    # FlashAttention-2 aligns causality to the bottom right when a document has more keys than queries.
+    cu_q, cu_k = cu_seqlens.to(torch.int32), cu_seqlens_k.to(torch.int32)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_seqlen, max_seqlen_k, **kwargs)
 
 
-def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale):
-    cu32 = cu_seqlens.to(torch.int32)
+def _flash_attn(q, k, v, cu_seqlens, cu_seqlens_k, max_seqlen, max_seqlen_k, scale):
     out = _flash_attn_varlen_func()(
-        q, k, v, cu_seqlens_q=cu32, cu_seqlens_k=cu32, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
-        softmax_scale=scale, causal=True,
+        q, k, v, cu_seqlens_q=cu_seqlens.to(torch.int32), cu_seqlens_k=cu_seqlens_k.to(torch.int32),
+        max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen_k, softmax_scale=scale, causal=True,
     )  # fmt: skip
     return out[0] if isinstance(out, tuple) else out  # some flash-attn 3 releases also return the LSE
 
 
-def _sdpa_per_doc(q, k, v, offsets: tuple[int, ...], scale: float) -> torch.Tensor:
-    """Exact attention per document; documents of equal length share one batched SDPA call."""
+def _sdpa_per_doc(q, k, v, offsets: tuple[int, ...], offsets_k: tuple[int, ...], scale: float) -> torch.Tensor:
+    """Exact attention per document; documents of equal (query, key) lengths share one batched SDPA call."""
     H, HKV = q.shape[1], k.shape[1]
-    starts_by_len: dict[int, list[int]] = {}
-    for start, end in zip(offsets, offsets[1:]):
-        starts_by_len.setdefault(end - start, []).append(start)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for start, end, start_k, end_k in zip(offsets, offsets[1:], offsets_k, offsets_k[1:]):
+        groups.setdefault((end - start, end_k - start_k), []).append((start, start_k))
     pieces: dict[int, torch.Tensor] = {}
-    for Ld, starts in starts_by_len.items():
-        if len(starts) == 1:
-            q_nLHD, k_nLHD, v_nLHD = (t[starts[0] : starts[0] + Ld].unsqueeze(0) for t in (q, k, v))
-        else:
-            idx_nL = torch.tensor(starts, device=q.device)[:, None] + torch.arange(Ld, device=q.device)
-            q_nLHD, k_nLHD, v_nLHD = q[idx_nL], k[idx_nL], v[idx_nL]
+    for (Lq, Lk), starts in groups.items():
+        idx_q = torch.tensor([s for s, _ in starts], device=q.device)[:, None] + torch.arange(Lq, device=q.device)
+        idx_k = torch.tensor([s for _, s in starts], device=q.device)[:, None] + torch.arange(Lk, device=q.device)
+        q_nHLD, k_nHLD, v_nHLD = (t[i].transpose(1, 2) for t, i in ((q, idx_q), (k, idx_k), (v, idx_k)))
+        # SDPA's is_causal aligns to the top left; with more keys than queries give the bottom-right mask.
+        mask = None if Lq == Lk else torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
         o_nHLD = F.scaled_dot_product_attention(
-            q_nLHD.transpose(1, 2), k_nLHD.transpose(1, 2), v_nLHD.transpose(1, 2),
-            is_causal=True, scale=scale, enable_gqa=H != HKV,
+            q_nHLD, k_nHLD, v_nHLD, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=H != HKV,
         )  # fmt: skip
-        for start, o_LHD in zip(starts, o_nHLD.transpose(1, 2).unbind(0)):
+        for (start, _), o_LHD in zip(starts, o_nHLD.transpose(1, 2).unbind(0)):
             pieces[start] = o_LHD
     return torch.cat([pieces[start] for start in offsets[:-1]], dim=0)

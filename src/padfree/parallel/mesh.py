@@ -1,0 +1,139 @@
+"""The device mesh and the sequence-parallel settings a patched model is given (no globals).
+
+Two ways to split a packed row's tokens over the `sp` ranks of a mesh, chosen per layer kind:
+  "ulysses"  all-to-all from sequence shards to head shards, then the whole row per head group.
+             Moves ~4 activations per layer, needs the degree to divide the heads (query heads for
+             attention, value heads for Gated DeltaNet; key/value heads may be replicated).
+  "context"  every rank keeps its tokens and all heads; attention all-gathers K and V (Qwen3.5
+             has 2-4 KV heads), Gated DeltaNet passes per-document states between ranks. Works at
+             any degree.
+  "auto"     Ulysses where the heads allow it, else context (decided per layer kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+MODES = ("auto", "ulysses", "context")
+LAYER_KINDS = ("attention", "gdn")
+
+
+def init_mesh(dp: int, sp: int, device_type: str = "cuda") -> DeviceMesh:
+    """A ("dp", "sp") DeviceMesh over all ranks; torch.distributed must already be initialised.
+
+    Sequence-parallel ranks are adjacent (rank = dp_index * sp + sp_index), so with sp <= GPUs per
+    machine the all-to-alls and all-gathers stay inside one machine.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "init_mesh needs torch.distributed initialised: launch with torchrun and call "
+            "torch.distributed.init_process_group() first."
+        )
+    world = dist.get_world_size()
+    if dp < 1 or sp < 1 or dp * sp != world:
+        raise ValueError(f"dp x sp must equal the world size {world}, got dp={dp}, sp={sp}; pick sp dividing {world}.")
+    return init_device_mesh(device_type, (dp, sp), mesh_dim_names=("dp", "sp"))
+
+
+def _head_counts(config) -> dict[str, int]:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {
+        "attention heads": text.num_attention_heads,
+        "attention KV heads": text.num_key_value_heads,
+        "GDN value heads": text.linear_num_value_heads,
+        "GDN key heads": text.linear_num_key_heads,
+    }
+
+
+def _divides_or_multiple(degree: int, heads: int) -> bool:
+    return heads % degree == 0 or degree % heads == 0
+
+
+def ulysses_problems(config, degree: int) -> dict[str, str]:
+    """Per layer kind, why Ulysses cannot run at `degree` ({} when it can)."""
+    h = _head_counts(config)
+    problems = {}
+    if h["attention heads"] % degree:
+        problems["attention"] = f"{h['attention heads']} attention heads are not divisible by {degree}"
+    elif not _divides_or_multiple(degree, h["attention KV heads"]):
+        problems["attention"] = f"{h['attention KV heads']} KV heads neither divide nor are a multiple of {degree}"
+    if h["GDN value heads"] % degree:
+        problems["gdn"] = f"{h['GDN value heads']} GDN value heads are not divisible by {degree}"
+    elif not _divides_or_multiple(degree, h["GDN key heads"]):
+        problems["gdn"] = f"{h['GDN key heads']} GDN key heads neither divide nor are a multiple of {degree}"
+    return problems
+
+
+def ulysses_degrees(config) -> list[int]:
+    """Every degree at which Ulysses runs for both layer kinds."""
+    return [d for d in range(1, _head_counts(config)["attention heads"] + 1) if not ulysses_problems(config, d)]
+
+
+def resolve_modes(config, degree: int, mode: str) -> dict[str, str]:
+    """{"attention": ..., "gdn": ...} for `mode` at `degree`; raises with the degrees that work."""
+    if mode not in MODES:
+        raise ValueError(f"sequence-parallel mode {mode!r} is not one of {MODES}.")
+    problems = ulysses_problems(config, degree)
+    if mode == "ulysses" and problems:
+        raise ValueError(
+            f"Ulysses sequence parallelism cannot run at degree {degree}: {'; '.join(problems.values())}. "
+            f"Degrees that work with Ulysses for this model: {ulysses_degrees(config)}. Use mode='context' (any "
+            "degree) or mode='auto' (Ulysses where the heads allow it, context elsewhere)."
+        )
+    if mode == "context":
+        return {kind: "context" for kind in LAYER_KINDS}
+    return {kind: "context" if kind in problems else "ulysses" for kind in LAYER_KINDS}
+
+
+@dataclass
+class SequenceParallel:
+    """The sequence-parallel group a packed row is split over, and how.
+
+    group: the "sp" dimension of a DeviceMesh (`mesh["sp"]`) or a ProcessGroup.
+    mode:  "auto", "ulysses" or "context" (module docstring). `padfree.patch(model,
+           sequence_parallel=...)` checks it against the model's heads and fixes `layer_modes`.
+    """
+
+    group: DeviceMesh | dist.ProcessGroup
+    mode: str = "auto"
+    layer_modes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.group, DeviceMesh):
+            if self.group.ndim != 1:
+                raise ValueError(f"pass one mesh dimension, e.g. mesh['sp'], not a {self.group.ndim}-D mesh.")
+            self.group = self.group.get_group()
+        if self.mode not in MODES:
+            raise ValueError(f"sequence-parallel mode {self.mode!r} is not one of {MODES}.")
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    def resolved_for(self, config) -> "SequenceParallel":
+        """A copy with `layer_modes` fixed for `config` (raises if the mode cannot run)."""
+        return SequenceParallel(self.group, self.mode, resolve_modes(config, self.size, self.mode))
+
+
+def reduce_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Sum every parameter's .grad over `group` (default: all ranks), for training without FSDP.
+
+    Each rank's loss is its tokens' share of the global sum (see padfree.loss), so the full
+    gradient is the sum over ranks, not the mean.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()

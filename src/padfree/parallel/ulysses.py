@@ -1,0 +1,93 @@
+"""Ulysses sequence parallelism: all-to-all from sequence shards to head shards and back.
+
+Each rank turns its T/P tokens of every head into all T tokens of its 1/P of the heads, runs the
+packed-row op on the whole row with the global document offsets (so documents cut by rank
+boundaries need nothing special), and turns the result back. Heads with fewer copies than ranks
+(attention KV heads, GDN key heads) are replicated before the exchange; autograd sums the copies'
+gradients. Projections, norms and gates stay on the local tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from padfree.models.layers import (
+    attention_output, attention_qkv, gdn_gate_inputs, gdn_output, gdn_projections,
+)  # fmt: skip
+from padfree.ops.attention import varlen_attention
+from padfree.ops.gated_delta import chunk_gated_delta_rule
+from padfree.parallel.comm import heads_to_seq, seq_to_heads
+from padfree.parallel.shard import ShardedRow
+
+
+def _heads_of_rank(rank: int, degree: int, heads: int) -> list[int]:
+    """The heads rank `rank` of `degree` holds: a 1/degree slice, or one replicated head when there
+    are fewer heads than ranks (resolve_modes checks that one divides the other)."""
+    if degree <= heads:
+        return list(range(rank * heads // degree, (rank + 1) * heads // degree))
+    return [rank // (degree // heads)]
+
+
+@functools.cache
+def _gdn_channels(degree: int, H: int, HV: int, K: int, V: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Column order of [mixed_qkv | b | a] that lays out each rank's heads side by side, and each
+    rank's conv channels within mixed_qkv = [q (H*K) | k (H*K) | v (HV*V)]."""
+    order, conv = [], []
+    for r in range(degree):
+        value_heads = _heads_of_rank(r, degree, HV)
+        key_heads = sorted({h // (HV // H) for h in value_heads})
+        q = [torch.arange(h * K, (h + 1) * K) for h in key_heads]
+        k = [H * K + c for c in q]
+        v = [torch.arange(2 * H * K + h * V, 2 * H * K + (h + 1) * V) for h in value_heads]
+        channels = torch.cat(q + k + v)
+        C = 2 * H * K + HV * V
+        gates = torch.tensor(value_heads)
+        order.append(torch.cat([channels, C + gates, C + HV + gates]))
+        conv.append(channels)
+    return torch.cat(order), conv
+
+
+def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
+    sp = row.sp
+    P, r = sp.size, sp.rank
+    mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
+    H, HV = module.num_k_heads, module.num_v_heads
+    order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim)
+    order = order.to(hidden_1TC.device)
+    local = torch.cat([mixed_qkv[0], b_1TH[0].to(mixed_qkv.dtype), a_1TH[0].to(mixed_qkv.dtype)], dim=-1)
+    row_TC = seq_to_heads(local[:, order].unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
+    value_heads = _heads_of_rank(r, P, HV)
+    n = len(value_heads)
+    mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)
+    q, k, v, g, beta = gdn_gate_inputs(
+        module, mixed_r, b_r, a_r, row.packed, backend,
+        channels=conv[r].to(hidden_1TC.device), value_heads=slice(value_heads[0], value_heads[-1] + 1),
+    )  # fmt: skip
+    o_1THD, _ = chunk_gated_delta_rule(
+        q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_cpu,
+        use_qk_l2norm_in_kernel=True, backend=backend,
+    )  # fmt: skip
+    o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group)  # [T_local, P, n * Dv]
+    return gdn_output(module, o_TPHD.reshape(1, o_TPHD.shape[0], HV, -1), z_1THD)
+
+
+def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
+    sp = row.sp
+    P = sp.size
+    q_1THD, k_1THD, v_1THD, gate_1THD = attention_qkv(module, hidden_1TC, position_embeddings)
+    HKV = k_1THD.shape[2]
+    if P > HKV:  # replicate: rank r reads KV head r // (P // HKV), the one its query heads share
+        k_1THD, v_1THD = (t.repeat_interleave(P // HKV, dim=2) for t in (k_1THD, v_1THD))
+    T_local, D = q_1THD.shape[1], q_1THD.shape[3]
+    heads = [t[0].unflatten(1, (P, -1)) for t in (q_1THD, k_1THD, v_1THD)]  # [T_local, P, h, D]
+    sizes = [t.shape[2] for t in heads]
+    row_T = seq_to_heads(torch.cat(heads, dim=2).flatten(2), sp.group).unflatten(1, (-1, D))
+    q_THD, k_THD, v_THD = torch.split(row_T, sizes, dim=1)
+    o_THD = varlen_attention(
+        q_THD, k_THD.contiguous(), v_THD.contiguous(), row.packed.cu_seqlens, row.packed.max_seqlen,
+        scale=module.scaling, backend=backend, cu_seqlens_host=row.packed.cu_seqlens_host,
+    )  # fmt: skip
+    o_local = heads_to_seq(o_THD.flatten(1), sp.group).reshape(T_local, -1, D)
+    return attention_output(module, o_local, gate_1THD), None
