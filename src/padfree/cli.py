@@ -1,10 +1,11 @@
-"""The `padfree` command: `train`, `demo` (train on the embedded default) and `check`.
+"""The `padfree` command: `train`, `demo` (train on the embedded default), `check` and `bench`.
 
     padfree demo                                     # tiny Qwen3.5 on bundled chat data, CPU, < 2 min
     padfree train --model ckpt/ --data chat.jsonl --max-tokens 8192 --grad-accum 4 --output-dir runs/x
     padfree train --config run.yaml --lr 1e-5        # flags override the file's keys (the flag names)
     padfree train --resume runs/x                    # continue from the newest complete checkpoint
     padfree check [--model ckpt/] [--device cuda]    # versions, backends, packed == per-document proof
+    padfree bench --shape 0.8b --json bench.json     # upstream padded / upstream packed / padfree tokens/s
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from padfree.train.config import ATTENTION_BACKENDS, DEVICES, DTYPES, GDN_BACKENDS, OVERLONG_POLICIES, field_names
+from padfree.train.config import (
+    ATTENTION_BACKENDS, DEVICES, DTYPES, GDN_BACKENDS, OVERLONG_POLICIES, SP_MODES, field_names,
+)
 
 _HELP = {
     "data": "JSONL/JSON/Parquet file or datasets.save_to_disk folder with 'messages', 'prompt'+'completion' or "
@@ -40,6 +43,9 @@ _HELP = {
     "device": " | ".join(DEVICES) + " (default: auto)",
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
+    "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
+    "processes are data-parallel (default: 1)",
+    "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
     "lora_rank": "train LoRA adapters of this rank on all linear layers (needs peft); 0 = full fine-tuning",
     "lora_alpha": "LoRA alpha (default: 2 * rank)",
     "save_every": "checkpoint every N optimizer steps, and always at the end; 0 = only at the end (default: 500)",
@@ -51,10 +57,10 @@ _HELP = {
 }
 _BOOLS = ("gradient_checkpointing", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
-         "save_every", "keep_last", "log_every")  # fmt: skip
+         "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")
 _CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
-            "attention_backend": ATTENTION_BACKENDS}  # fmt: skip
+            "attention_backend": ATTENTION_BACKENDS, "sp_mode": SP_MODES}  # fmt: skip
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="padfree", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    commands = parser.add_subparsers(dest="command", metavar="{train,demo,check}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,demo,check,bench}")
     # SUPPRESS: only flags given on the command line reach the settings, so they can override --config.
     for name, text in (
         ("train", "fine-tune a Qwen3.5-family model on packed rows"),
@@ -83,7 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help="local checkpoint folder to check (default: a tiny random Qwen3.5)")
     check.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available")
     check.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bfloat16 on CUDA, float32 on CPU")
+    bench = commands.add_parser("bench", help="training-step tokens/s: upstream padded and packed vs padfree")
+    _add_bench_flags(bench)
     return parser
+
+
+def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
+    from padfree.bench import PATHS, SHAPES
+
+    bench.add_argument("--shape", choices=SHAPES, default="tiny", help="random-weight model shape (default: tiny)")
+    bench.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available")
+    bench.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bfloat16 on CUDA, float32 on CPU")
+    bench.add_argument("--row-tokens", type=int, help="tokens per packed row (default: 8192 on CUDA, 2048 on CPU)")
+    bench.add_argument("--steps", type=int, default=5, help="timed rows per path (default: 5)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed rows per path before timing (default: 2)")
+    bench.add_argument("--paths", default=",".join(PATHS), help="comma list (default: %(default)s)")
+    bench.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                       help="activation checkpointing for every path (default: on)")  # fmt: skip
+    bench.add_argument("--median-len", type=float, default=300.0, help="median of the lognormal sample lengths")
+    bench.add_argument("--json", help="also write the results to this file")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the weights, lengths and token ids (default: 0)")
 
 
 def _run_train(args: dict, command: str) -> int:
@@ -119,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from padfree.check import run_check
 
         return run_check(model=args["model"], device=args["device"], dtype=args["dtype"])
+    if command == "bench":
+        from padfree.bench import BenchSettings, run_bench
+
+        return run_bench(BenchSettings(**dict(args, paths=tuple(args["paths"].split(",")))))
     parser.print_help()
     return 2
 

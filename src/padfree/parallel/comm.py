@@ -32,15 +32,28 @@ def heads_to_seq(y_TC: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return recv.transpose(0, 1)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: NCCL's reduce-scatter (the all-gather's
+    backward) rejects the expanded or strided gradients that sums and slices of its output produce."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def all_gather_stack(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """[...] from every rank -> [P, ...] in rank order."""
     P = dist.get_world_size(group)
-    return _all_gather(x.contiguous(), 0, group).view(P, *x.shape)
+    return _ContiguousGrad.apply(_all_gather(x.contiguous(), 0, group).view(P, *x.shape))
 
 
 def keep_in_graph(x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:
     """x, with a zero-weighted dependence on `unused`: a collective whose output this rank does not
     need still gets a backward call, which the other ranks' backward collectives wait for."""
     for t in unused:
-        x = x + 0.0 * t.sum().to(x.dtype)
+        x = x + (0.0 * t).sum().to(x.dtype)
     return x

@@ -12,12 +12,20 @@ file and the folder are fsynced, COMPLETE is written and fsynced, and only then 
 renamed into place with `os.replace` (atomic within one filesystem) and the parent fsynced. A kill
 at any point leaves either the old state or the new complete folder, plus at worst a `.tmp-*`
 folder that is ignored and removed at the next save.
+
+Distributed runs: every rank gathers the full (unsharded) weights and optimizer state onto rank 0's
+CPU, rank 0 alone writes the folder, and the other ranks wait for it (padfree.train.distributed.on_main).
+The optimizer state is stored unsharded and keyed by parameter name (the format of
+torch.distributed.checkpoint.state_dict's full_state_dict), in every run: a checkpoint resumes on
+any number of processes, one included. Resuming reads the folder on every rank, so --output-dir must
+be on a filesystem all nodes share.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import time
@@ -25,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
 from padfree.train.errors import TrainError
 
@@ -70,16 +79,60 @@ def remove_stale_temps(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def optimizer_state(model, optimizer) -> dict[str, Any]:
+    """The optimizer's full state keyed by parameter name, on CPU (rank 0's; {} on other ranks).
+    Under FSDP2 this is a collective: every rank must call it."""
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, saved: dict[str, Any], distributed: bool) -> None:
+    """Restore `optimizer_state`'s output into an optimizer over plain or FSDP2-sharded parameters."""
+    groups = saved.get("param_groups") or [{}]
+    if groups[0].get("params") and isinstance(groups[0]["params"][0], int):
+        # Keyed by position: written by padfree before names were used; loads only unsharded.
+        if distributed:
+            raise TrainError(
+                "this checkpoint's optimizer state predates multi-process resume; resume it in one process first "
+                "(padfree train --resume ... without torchrun), then continue from that run's next checkpoint."
+            )
+        optimizer.load_state_dict(saved)
+        return
+    set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
+
+def rng_state(device: torch.device, distributed: bool) -> dict:
+    """torch, Python and CUDA RNG states. numpy's global RNG is never used (the data order uses
+    explicitly seeded generators). Under torchrun rank 0's state is saved and every rank restores
+    it: all ranks are seeded alike and draw alike."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        # One process per GPU reads only its own device (reading all would start a context on each).
+        state["cuda"] = [torch.cuda.get_rng_state(device)] if distributed else torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device, distributed: bool) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        if distributed:
+            torch.cuda.set_rng_state(state["cuda"][0], device)
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def save_checkpoint(
-    output_dir: Path, step: int, model, tokenizer, state: dict[str, Any], config_json: str
+    output_dir: Path, step: int, model, tokenizer, state: dict[str, Any], config_json: str,
+    model_state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint-<step> atomically (see the module docstring); returns its path."""
+    """Write checkpoint-<step> atomically (see the module docstring); returns its path.
+    `model_state_dict`: the gathered full weights of a sharded model (None: the model's own)."""
     final = output_dir / f"checkpoint-{step}"
     temp = output_dir / f"{_TEMP_PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
         temp.mkdir(parents=True)
-        model.save_pretrained(temp, safe_serialization=True)
+        model.save_pretrained(temp, state_dict=model_state_dict, safe_serialization=True)
         tokenizer.save_pretrained(temp)
         _write_state(temp, state)
         (temp / CONFIG_FILE).write_text(config_json)

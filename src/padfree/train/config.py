@@ -17,6 +17,7 @@ from typing import Any
 
 from padfree.ops._backend import BACKENDS as GDN_BACKENDS
 from padfree.ops.attention import BACKENDS as ATTENTION_BACKENDS
+from padfree.parallel import MODES as SP_MODES
 from padfree.train.checkpoint import find_checkpoint, read_saved_config
 from padfree.train.errors import TrainError
 
@@ -51,6 +52,10 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # Gated DeltaNet kernels (padfree.patch backend=)
     attention_backend: str = "auto"
+    # Under torchrun: ranks per sequence-parallel group, which split each packed row's tokens; the
+    # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
+    sp_degree: int = 1
+    sp_mode: str = "auto"  # auto | ulysses | context (padfree.parallel)
     lora_rank: int = 0  # > 0 trains LoRA adapters (needs peft) instead of all weights
     lora_alpha: float | None = None  # default: 2 * lora_rank
     save_every: int = 500  # optimizer steps between checkpoints (0: only at the end)
@@ -72,7 +77,7 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _FLOATS = {"lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha"}
 _BOOLS = {"gradient_checkpointing", "tensorboard", "overwrite"}
 _INTS = {"max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed",
-         "lora_rank", "save_every", "keep_last", "log_every"}  # fmt: skip
+         "lora_rank", "save_every", "keep_last", "log_every", "sp_degree"}  # fmt: skip
 # Settings that change the loss curve; a resume that changes one no longer matches the original run.
 CURVE_KEYS = ("data", "split", "max_tokens", "overlong", "pad_multiple", "grad_accum", "epochs", "max_steps", "lr",
               "min_lr_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "dtype", "lora_rank",
@@ -187,7 +192,7 @@ def resolve(
 
 
 def validate(config: TrainConfig) -> None:
-    positive = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "log_every")
+    positive = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "log_every", "sp_degree")
     for key in positive:
         if getattr(config, key) < 1:
             raise TrainError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(config, key)}.")
@@ -202,7 +207,7 @@ def validate(config: TrainConfig) -> None:
     if not 0 <= config.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio must be in [0, 1], got {config.min_lr_ratio}.")
     choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
-                  ("attention_backend", ATTENTION_BACKENDS))  # fmt: skip
+                  ("attention_backend", ATTENTION_BACKENDS), ("sp_mode", SP_MODES))  # fmt: skip
     for key, choices in choices_of:
         if getattr(config, key) not in choices:
             flag = "--" + key.replace("_", "-")

@@ -1,16 +1,17 @@
 """Per-step training metrics: console lines, `<output_dir>/metrics.jsonl`, TensorBoard (optional).
 
-Fields of each metrics.jsonl record (one per optimizer step):
+Fields of each metrics.jsonl record (one per optimizer step; in a torchrun run, rank 0 writes them,
+and every count covers the rows of all ranks):
     step                 optimizer step, 1-based
-    loss                 summed CE over the step's trained tokens / their count (all micro-batches)
+    loss                 summed CE over the step's trained tokens / their count (all micro-batches, all ranks)
     lr, grad_norm        learning rate used by this step; total gradient norm before clipping
     tokens               real (non-padding) tokens in the step's packed rows
     trained_tokens       tokens with a training target (the loss denominator)
-    tokens_per_s         real tokens / wall time of the step
+    tokens_per_s         real tokens / wall time of the step (the whole run's throughput, not one GPU's)
     packing_efficiency   real tokens / (rows * --max-tokens)
-    peak_mem_mb          CUDA: max allocated by tensors; CPU: the process's peak RSS
+    peak_mem_mb          CUDA: max allocated by tensors; CPU: the process's peak RSS; the largest over ranks
     mfu                  model FLOPs utilisation on CUDA with bf16 (None elsewhere, or on an unknown GPU):
-                         6 * params * tokens_per_s / the GPU's peak dense bf16 FLOP/s. 6N counts a
+                         6 * params * tokens_per_s / (GPUs * one GPU's peak dense bf16 FLOP/s). 6N counts a
                          forward and backward matmul per parameter and ignores attention's T^2 term;
                          for MoE models N is all parameters, which overstates the work per token.
 """
@@ -51,11 +52,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def mfu(num_params: int, tokens_per_s: float, device: torch.device, dtype: torch.dtype) -> float | None:
+def mfu(
+    num_params: int, tokens_per_s: float, device: torch.device, dtype: torch.dtype, num_gpus: int = 1
+) -> float | None:
     peak = peak_bf16_flops(device)
     if peak is None or dtype != torch.bfloat16:
         return None
-    return 6 * num_params * tokens_per_s / peak
+    return 6 * num_params * tokens_per_s / (num_gpus * peak)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -111,3 +114,13 @@ class MetricsLogger:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class NullLogger:
+    """The logger of ranks other than 0: metrics are written once, by rank 0."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -138,9 +138,12 @@ def check_backends(config: TrainConfig, device: torch.device, dtype: torch.dtype
         raise TrainError(f"--backend {config.backend} / --attention-backend {config.attention_backend}: {error}") from None
 
 
-def prepare_model(config: TrainConfig, tokenizer, device: torch.device, resume_from: Path | None = None):
+def prepare_model(
+    config: TrainConfig, tokenizer, device: torch.device, resume_from: Path | None = None, sequence_parallel=None
+):
     """The patched, trainable model on `device`. `resume_from` is a checkpoint folder whose weights
-    (full fine-tuning) or adapter (LoRA) replace the initial ones."""
+    (full fine-tuning) or adapter (LoRA) replace the initial ones. `sequence_parallel`: a
+    padfree.parallel.SequenceParallel (--sp-degree > 1), checked here against the model's heads."""
     dtype = resolve_dtype(config.dtype, device)
     check_backends(config, device, dtype)
     full_weights = resume_from if (resume_from is not None and not config.lora_rank) else None
@@ -150,10 +153,17 @@ def prepare_model(config: TrainConfig, tokenizer, device: torch.device, resume_f
         base = Path(config.model) if config.model is not None else demo_base_dir(config)
         model.name_or_path = str(base.resolve())
         model = _add_lora(model, config, resume_from)
+    settings = dict(backend=config.backend, attention_backend=config.attention_backend)
+    if sequence_parallel is not None:
+        settings["sequence_parallel"] = sequence_parallel
     try:
-        padfree.patch(model, backend=config.backend, attention_backend=config.attention_backend)
+        padfree.patch(model, **settings)
     except TypeError as error:
         raise TrainError(f"unsupported model: {error}") from None
+    except ValueError as error:  # only the sequence-parallel checks raise it
+        if sequence_parallel is None:
+            raise
+        raise TrainError(f"--sp-degree {config.sp_degree} --sp-mode {config.sp_mode}: {error}") from None
     if config.gradient_checkpointing:
         # Non-reentrant: it recomputes each decoder layer with the same keyword arguments, padfree's
         # packed-row metadata included, and needs no input that requires grad (LoRA freezes embeddings).

@@ -11,6 +11,12 @@ Phases:
 Exact resume: the weights, AdamW moments, scheduler position and RNG states are restored from
 the checkpoint, and the data position follows from the step (padfree.train.data), so a resumed
 run repeats the uninterrupted run's arithmetic step for step.
+
+Under torchrun (padfree.train.distributed) a step takes dp_size * grad_accum rows, dp rank r the
+r-th block of grad_accum; the sp ranks of a dp group shard its rows. The trained-token count is
+all-reduced over dp before the first forward, gradients are summed over all ranks by FSDP2, and the
+loss is each rank's share summed. Rank 0 alone prints, logs and writes; the ranks agree after
+every phase that can fail on one of them, so an error stops all of them instead of hanging.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from padfree.collate import collate
 from padfree.corpus import bundled_path
 from padfree.loss import count_trained_tokens
 from padfree.train import checkpoint as ckpt
+from padfree.train import distributed
 from padfree.train.config import TrainConfig, changed_curve_settings, dumps
 from padfree.train.data import load_training_data, save_cache
+from padfree.train.distributed import Dist
 from padfree.train.errors import TrainError
-from padfree.train.metrics import MetricsLogger, mfu, peak_memory_mb, read_metrics, truncate_metrics
+from padfree.train.metrics import MetricsLogger, NullLogger, mfu, peak_memory_mb, read_metrics, truncate_metrics
 from padfree.train.model import (
     build_demo_model, demo_base_dir, load_tokenizer, parameter_counts, prepare_model, resolve_device, resolve_dtype,
 )
@@ -71,21 +79,6 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), warmup
 
 
-def _rng_state(device: torch.device) -> dict:
-    # numpy's global RNG is never used (the data order uses explicitly seeded generators).
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _to_device(batch: dict, device: torch.device) -> dict:
     # cu_seq_lens stay on the host: padfree then builds its packed-row metadata without a device sync.
     return {
@@ -104,8 +97,10 @@ def _describe_model(config: TrainConfig, model, device, dtype) -> str:
 def train(
     config: TrainConfig, resume_from: Path | None = None, saved: dict | None = None, out: TextIO | None = None
 ) -> TrainResult:
-    """Run `config` (from padfree.train.load); raises TrainError, before writing anything, on bad input."""
+    """Run `config` (from padfree.train.load); raises TrainError, before writing anything, on bad input.
+    Under torchrun every rank calls this; rank 0 prints, logs and writes (padfree.train.distributed)."""
     out = out if out is not None else sys.stdout  # resolved per call, so redirected stdout is honoured
+    out = out if distributed.world_from_env()[1] == 0 else distributed.SILENT
     output_dir = Path(config.output_dir)
     existing = ckpt.previous_run_files(output_dir)
     if existing and resume_from is None and not config.overwrite:
@@ -121,30 +116,53 @@ def train(
 
     # Phase 1: prepare in memory. Seeded first: LoRA's initial adapter weights draw from torch's RNG.
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    d = distributed.setup(config.sp_degree, config.sp_mode, resolve_device(config.device))
+    try:
+        return _train(config, resume_from, saved, out, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, out: TextIO, d: Dist) -> TrainResult:
+    output_dir = Path(config.output_dir)
+    device = d.device
     dtype = resolve_dtype(config.dtype, device)
-    tokenizer = load_tokenizer(config)
-    loaded = load_training_data(
-        config.data or bundled_path("chat_sample.jsonl"), config.split, tokenizer,
-        config.cache_dir, config.max_tokens, config.overlong, config.seed,
-    )  # fmt: skip
-    stream = loaded.stream
-    model = prepare_model(config, tokenizer, device, resume_from)
-    total_steps = stream.total_steps(config.epochs, config.grad_accum, config.max_steps)
-    optimizer, scheduler, warmup = make_optimizer(model, config, total_steps)
-    start_step, state = 0, None
-    if resume_from is not None:
-        state = ckpt.read_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
+    rows_per_step = config.grad_accum * d.dp_size
+    error = None
+    try:  # every rank prepares the same; one failing must not leave the others waiting (distributed.agree)
+        tokenizer = load_tokenizer(config)
+        loaded = load_training_data(
+            config.data or bundled_path("chat_sample.jsonl"), config.split, tokenizer,
+            config.cache_dir, config.max_tokens, config.overlong, config.seed,
+        )  # fmt: skip
+        stream = loaded.stream
+        model = prepare_model(config, tokenizer, device, resume_from, d.sp)
+        total_steps = stream.total_steps(config.epochs, rows_per_step, config.max_steps)
+        state = ckpt.read_state(resume_from) if resume_from is not None else None
+        start_step = state["step"] if state is not None else 0
         if start_step >= total_steps:
             raise TrainError(
                 f"{resume_from} is at step {start_step}, the run's last step ({total_steps}); nothing to do "
                 "(pass a larger --max-steps to train further)."
             )
+    except Exception as caught:  # noqa: BLE001 - re-raised by agree
+        error = caught
+    distributed.agree(d, error, "while preparing the run")
+    description = _describe_model(config, model, device, dtype)
+    num_params = parameter_counts(model)[0]
+    model = distributed.shard_model(model, d)
+    optimizer, scheduler, warmup = make_optimizer(model, config, total_steps)
+    if state is not None:
+        ckpt.load_optimizer_state(model, optimizer, state["optimizer"], d.distributed)
+        scheduler.load_state_dict(state["scheduler"])
 
-    print(_describe_model(config, model, device, dtype), file=out)
+    print(description, file=out)
+    if d.distributed:
+        print(
+            f"parallel: {d.world_size} processes = {d.dp_size} data-parallel x {d.sp_size} sequence-parallel"
+            f"{f' ({config.sp_mode})' if d.sp_size > 1 else ''}; FSDP2 over all of them",
+            file=out,
+        )
     print(f"data: {loaded.source} ({loaded.shape}, {'cached' if loaded.from_cache else 'tokenised'})", file=out)
     stats = stream.plan.stats
     packing = (
@@ -153,9 +171,10 @@ def train(
     )
     for line in loaded.report.lines() + [packing]:
         print(f"  {line}", file=out)
-    epochs = total_steps * config.grad_accum / stream.num_rows
+    epochs = total_steps * rows_per_step / stream.num_rows
+    per_rank = f" ({config.grad_accum} per data-parallel rank)" if d.distributed else ""
     print(
-        f"schedule: {total_steps} steps x {config.grad_accum} rows of {config.max_tokens} tokens (~{epochs:.1f} "
+        f"schedule: {total_steps} steps x {rows_per_step} rows{per_rank} of {config.max_tokens} tokens (~{epochs:.1f} "
         f"epochs); lr {config.lr:g}, {warmup} warmup steps, cosine to {config.lr * config.min_lr_ratio:g}",
         file=out,
     )
@@ -163,48 +182,53 @@ def train(
         print(f"resuming from {resume_from} (step {start_step})", file=out)
         for change in changed_curve_settings(saved or {}, config):
             print(f"  note: changed {change}; the curve will differ from an uninterrupted run", file=out)
+        if state.get("dp_size", 1) != d.dp_size:
+            print(f"  note: {state.get('dp_size', 1)} -> {d.dp_size} data-parallel ranks changes the rows of each "
+                  "step; the curve will differ from an uninterrupted run", file=out)  # fmt: skip
 
-    # Phase 2: every check passed; now write.
-    created = not output_dir.exists()
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if config.overwrite and resume_from is None:
-            ckpt.clear_previous_run(output_dir)
-        ckpt.remove_stale_temps(output_dir)
-        save_cache(loaded, config.cache_dir)
-        truncate_metrics(output_dir / "metrics.jsonl", start_step)
-        (output_dir / ckpt.CONFIG_FILE).write_text(dumps(config))
-        if config.lora_rank and config.model is None and not demo_base_dir(config).is_dir():
-            build_demo_model(tokenizer, config.seed).save_pretrained(demo_base_dir(config))
-    except BaseException:
-        if created:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
+    # Phase 2: every check passed; now rank 0 writes.
+    def write_run_files() -> None:
+        created = not output_dir.exists()
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if config.overwrite and resume_from is None:
+                ckpt.clear_previous_run(output_dir)
+            ckpt.remove_stale_temps(output_dir)
+            save_cache(loaded, config.cache_dir)
+            truncate_metrics(output_dir / "metrics.jsonl", start_step)
+            (output_dir / ckpt.CONFIG_FILE).write_text(dumps(config))
+            if config.lora_rank and config.model is None and not demo_base_dir(config).is_dir():
+                build_demo_model(tokenizer, config.seed).save_pretrained(demo_base_dir(config))
+        except BaseException:
+            if created:
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+
+    distributed.on_main(d, write_run_files, "writing the run's files")
 
     # Phase 3: train.
     if state is not None:
-        _set_rng_state(state["rng"], device)
+        ckpt.set_rng_state(state["rng"], device, d.distributed)
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
     tokens_seen = state["tokens_seen"] if state else 0
-    num_params = parameter_counts(model)[0]
     trainable = [p for p in model.parameters() if p.requires_grad]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logger = MetricsLogger(output_dir, total_steps, config.log_every, config.tensorboard, out)
-    started, last_saved = time.perf_counter(), None
+    logger = NullLogger() if not d.is_main else MetricsLogger(
+        output_dir, total_steps, config.log_every, config.tensorboard, out
+    )
+    started, last_saved, logged = time.perf_counter(), None, []
     try:
         for step in range(start_step, total_steps):
             step_start = time.perf_counter()
-            positions = stream.step_positions(step, config.grad_accum, config.epochs, config.max_steps)
-            rows = [stream.row(p) for p in positions]
-            batches = [collate(r, pad_to_multiple_of=config.pad_multiple, pad_token_id=pad_id) for r in rows]
-            trained = sum(int(count_trained_tokens(b["labels"])) for b in batches)
-            tokens = sum(len(s["input_ids"]) for r in rows for s in r)
+            positions = stream.step_positions(step, rows_per_step, config.epochs, config.max_steps)
+            batches, trained, tokens = _rank_batches(stream, positions, config, d, pad_id)
             lr = scheduler.get_last_lr()[0]
             loss_sum = torch.zeros((), device=device)
             for batch in batches:
-                loss = model(**_to_device(batch, device), num_items_in_batch=trained).loss
+                inputs = _to_device(distributed.sp_inputs(batch, d, pad_id), device)
+                loss = model(**inputs, num_items_in_batch=trained).loss
                 loss.backward()
                 loss_sum += loss.detach()
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
@@ -212,35 +236,69 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = loss_sum.item()
+            loss_value = distributed.sum_over(loss_sum, d, None).item()  # each rank holds its tokens' share
             if not math.isfinite(loss_value):
                 raise TrainError(f"the loss is {loss_value} at step {step + 1}; lower --lr (now {config.lr:g}).")
             seconds = time.perf_counter() - step_start
+            tokens, trained = int(tokens), int(trained)
             tokens_seen += tokens
-            logger.log({
-                "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                "trained_tokens": trained, "tokens_per_s": tokens / seconds,
-                "packing_efficiency": tokens / (len(rows) * config.max_tokens),
-                "peak_mem_mb": peak_memory_mb(device), "mfu": mfu(num_params, tokens / seconds, device, dtype),
-            })  # fmt: skip
+            record = {
+                "step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": float(distributed.local_value(grad_norm)),
+                "tokens": tokens, "trained_tokens": trained, "tokens_per_s": tokens / seconds,
+                "packing_efficiency": tokens / (len(positions) * config.max_tokens),
+                "peak_mem_mb": distributed.max_over_ranks(peak_memory_mb(device), d),
+                "mfu": mfu(num_params, tokens / seconds, device, dtype, d.world_size),
+            }  # fmt: skip
+            logger.log(record)
+            logged.append(record)
             done = step + 1
             if done == total_steps or (config.save_every and done % config.save_every == 0):
-                state_out = {
-                    "step": done, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(device), "tokens_seen": tokens_seen, "padfree_version": padfree.__version__,
-                }  # fmt: skip
-                last_saved = ckpt.save_checkpoint(output_dir, done, model, tokenizer, state_out, dumps(config))
-                ckpt.prune_checkpoints(output_dir, config.keep_last)
+                last_saved = _save(config, output_dir, done, model, tokenizer, optimizer, d, {
+                    "step": done, "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(device, d.distributed),
+                    "tokens_seen": tokens_seen, "dp_size": d.dp_size, "padfree_version": padfree.__version__,
+                })  # fmt: skip
     finally:
         logger.close()
     seconds = time.perf_counter() - started
-    history = read_metrics(output_dir / "metrics.jsonl")
+    history = read_metrics(output_dir / "metrics.jsonl") if d.is_main else logged
     result = TrainResult(
         output_dir, last_saved, total_steps, sum(r["tokens"] for r in history), seconds,
         history[0]["loss"], history[-1]["loss"],
     )  # fmt: skip
     _print_summary(result, history, total_steps - start_step, config, out)
     return result
+
+
+def _rank_batches(stream, positions: range, config: TrainConfig, d: Dist, pad_id: int):
+    """This rank's collated micro-batches of a step, and the step's trained and real token counts
+    over all dp ranks (ints in one process; device tensors, all-reduced before the first forward,
+    under torchrun)."""
+    batches, trained, tokens = [], 0, 0
+    for position in distributed.rank_positions(positions, config.grad_accum, d):
+        row = stream.row(position if position is not None else positions[0])
+        batch = collate(row, pad_to_multiple_of=config.pad_multiple, pad_token_id=pad_id)
+        if position is None:  # a filler micro-batch (see rank_positions): it runs, and trains nothing
+            batch["labels"] = torch.full_like(batch["labels"], -100)
+        else:
+            tokens += sum(len(s["input_ids"]) for s in row)
+        trained += int(count_trained_tokens(batch["labels"]))
+        batches.append(batch)
+    if d.distributed:
+        trained, tokens = distributed.sum_over(torch.tensor([trained, tokens], device=d.device), d, "dp")
+    return batches, trained, tokens
+
+
+def _save(config: TrainConfig, output_dir: Path, step: int, model, tokenizer, optimizer, d: Dist, state: dict) -> Path:
+    """checkpoint-<step>: every rank gathers the full weights and optimizer state, rank 0 writes."""
+    model_state = distributed.full_model_state(model, d)
+    state = {**state, "optimizer": ckpt.optimizer_state(model, optimizer)}
+
+    def write() -> None:
+        ckpt.save_checkpoint(output_dir, step, model, tokenizer, state, dumps(config), model_state)
+        ckpt.prune_checkpoints(output_dir, config.keep_last)
+
+    distributed.on_main(d, write, f"writing checkpoint-{step}")
+    return output_dir / f"checkpoint-{step}"
 
 
 def _print_summary(result: TrainResult, history: list[dict], steps_run: int, config: TrainConfig, out: TextIO) -> None:

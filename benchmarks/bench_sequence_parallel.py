@@ -1,0 +1,235 @@
+"""Sequence parallelism on GPUs: bf16 equivalence, per-GPU throughput, and the longest row that trains.
+
+    torchrun --nproc-per-node 2 benchmarks/bench_sequence_parallel.py --out results.jsonl
+
+Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps what it measured):
+1. equivalence: the Qwen3.5-0.8B shape (random weights) on one packed row. Loss and gradients of
+   the bf16 sharded run (Ulysses and context) are compared with an fp32 unsharded reference, next
+   to the bf16 unsharded run's own error against that reference. Sharding only reorders sums, so
+   the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
+2. throughput: AdamW training steps, activation checkpointing, one GPU at L tokens per row vs all
+   GPUs at P * L (the same tokens per GPU); per-GPU tokens/s ratio.
+3. longest row: doubling the row until a step runs out of memory, one GPU and P GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+import padfree
+from padfree.corpus import lognormal_lengths
+from padfree.loss import count_trained_tokens
+from padfree.parallel import SequenceParallel, reduce_gradients, shard_batch
+from padfree.tiny import _realistic_gates
+
+try:
+    from padfree.bench.shapes import shape_config
+except ImportError:  # older layout: benchmarks/shapes.py
+    from shapes import shape_config
+
+
+VOCAB = {"tiny": 256, "0.8b": 248320, "4b": 248320}
+
+
+def empty_cache():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device):
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def build(shape: str, dtype, device):
+    torch.manual_seed(0)
+    from transformers import Qwen3_5ForCausalLM
+
+    with torch.device(device):
+        model = Qwen3_5ForCausalLM(shape_config(shape))
+    _realistic_gates(model)
+    return model.to(dtype).train()
+
+
+def make_row(total: int, vocab: int, seed: int, median: float | None = None):
+    median = median or min(1500.0, total / 8)  # several documents in every row
+    lengths, filled = [], 0
+    for n in lognormal_lengths(4 * total // int(median) + 8, median=median, sigma=1.0, max_len=total, seed=seed):
+        n = min(int(n), total - filled)
+        if n > 0:
+            lengths.append(n)
+            filled += n
+        if filled == total:
+            break
+    g = torch.Generator().manual_seed(seed)
+    return padfree.collate([{"input_ids": torch.randint(3, vocab, (n,), generator=g)} for n in lengths])
+
+
+def to(batch, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
+
+
+def flat_grads(model):
+    return torch.cat([p.grad.float().reshape(-1).cpu() for p in model.parameters()])
+
+
+def run_step(model, batch, sp, device, optimizer=None):
+    model.zero_grad(set_to_none=True)
+    if sp is None:
+        loss = model(**to(batch, device)).loss
+    else:
+        loss = model(**to(shard_batch(batch, sp), device), num_items_in_batch=count_trained_tokens(batch["labels"])).loss
+    loss.backward()
+    if sp is not None:
+        reduce_gradients(model, sp.group)
+        loss = loss.detach().clone()
+        dist.all_reduce(loss, group=sp.group)
+    if optimizer is not None:
+        optimizer.step()
+    return float(loss.detach())
+
+
+def emit(out, record):
+    if dist.get_rank() == 0:
+        print(json.dumps(record), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def equivalence(args, device, world):
+    batch = make_row(args.eq_tokens, VOCAB[args.shape], seed=1)
+    model = build(args.shape, torch.float32, device)
+    padfree.patch(model)
+    ref_loss = run_step(model, batch, None, device)
+    ref = flat_grads(model)
+    del model
+    empty_cache()
+    model = build(args.shape, torch.bfloat16, device)
+    runs = {"bf16 unsharded": None, **{f"bf16 sp{world} {m}": m for m in ("ulysses", "context")}}
+    errors = {}
+    for name, mode in runs.items():
+        sp = None if mode is None else SequenceParallel(dist.group.WORLD, mode=mode)
+        padfree.patch(model, sequence_parallel=sp)
+        try:
+            loss = run_step(model, batch, sp, device)
+        except Exception as error:  # record and go on: the other setups still say something
+            errors[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            continue
+        grads = flat_grads(model)
+        errors[name] = {"loss_rel": abs(loss - ref_loss) / abs(ref_loss),
+                        "grad_rel": float((grads - ref).norm() / ref.norm())}  # fmt: skip
+    base = errors["bf16 unsharded"]
+    passed = all("error" not in e and e["grad_rel"] <= 2 * base["grad_rel"] and e["loss_rel"] <= 2 * base["loss_rel"] + 1e-4
+                 for e in errors.values())  # fmt: skip
+    emit(args.out, {"stage": "equivalence", "shape": args.shape, "tokens": args.eq_tokens,
+                    "documents": batch["cu_seq_lens_q"].numel() - 1, "vs_fp32_unsharded": errors, "passed": passed})
+    del model
+    empty_cache()
+
+
+def throughput(args, device, world):
+    model = build(args.shape, torch.bfloat16, device)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    setups = [("1 GPU", None, args.tokens_per_gpu)] + [
+        (f"{world} GPUs {m}", SequenceParallel(dist.group.WORLD, mode=m), args.tokens_per_gpu * world)
+        for m in ("ulysses", "context")
+    ]
+    results = {}
+    for name, sp, tokens in setups:
+        padfree.patch(model, sequence_parallel=sp)
+        rows = [make_row(tokens, VOCAB[args.shape], seed=10 + i) for i in range(args.warmup + args.steps)]
+        try:
+            run_step(model, rows[0], sp, device)
+        except Exception as error:
+            results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            continue
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for i, row in enumerate(rows):
+            if i == args.warmup:
+                sync(device)
+                start = time.perf_counter()
+            run_step(model, row, sp, device, optimizer)
+        sync(device)
+        seconds = time.perf_counter() - start
+        per_gpu = tokens * args.steps / seconds / (1 if sp is None else world)
+        results[name] = {"row_tokens": tokens, "tokens_per_s_per_gpu": round(per_gpu),
+                         "peak_gib": peak_gib(device)}  # fmt: skip
+        dist.barrier()
+    one = results["1 GPU"]["tokens_per_s_per_gpu"]
+    for name, r in results.items():
+        if "error" not in r:
+            r["per_gpu_vs_1_gpu"] = round(r["tokens_per_s_per_gpu"] / one, 3)
+    emit(args.out, {"stage": "throughput", "shape": args.shape, "results": results})
+    del model, optimizer
+    empty_cache()
+
+
+def longest_row(args, device, world):
+    model = build(args.shape, torch.bfloat16, device)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, sp in [("1 GPU", None), (f"{world} GPUs {args.long_mode}", SequenceParallel(dist.group.WORLD, mode=args.long_mode))]:
+        padfree.patch(model, sequence_parallel=sp)
+        fits, tokens, limit = 0, args.long_start * (1 if sp is None else world), "--long-max reached"
+        while tokens <= args.long_max * (1 if sp is None else world):
+            ok = torch.ones((), device=device)
+            try:
+                run_step(model, make_row(tokens, VOCAB[args.shape], seed=3, median=8000.0), sp, device)
+            except torch.OutOfMemoryError:
+                ok.zero_()
+            model.zero_grad(set_to_none=True)
+            empty_cache()
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if not ok:
+                limit = f"out of memory at {tokens} tokens"
+                break
+            fits = tokens
+            emit(args.out, {"stage": "longest_row", "setup": name, "trained_tokens": tokens})
+            tokens *= 2
+        emit(args.out, {"stage": "longest_row_result", "setup": name, "longest_row": fits, "limit": limit})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="0.8b")
+    parser.add_argument("--out", default="sp_results.jsonl")
+    parser.add_argument("--stages", default="equivalence,throughput,longest_row")
+    parser.add_argument("--eq-tokens", type=int, default=8192)
+    parser.add_argument("--tokens-per-gpu", type=int, default=16384)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--long-start", type=int, default=65536)
+    parser.add_argument("--long-max", type=int, default=1 << 20)
+    parser.add_argument("--long-mode", default="ulysses")
+    args = parser.parse_args()
+    if torch.cuda.is_available():
+        dist.init_process_group("nccl")
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:  # a CPU smoke run of the script itself (--shape tiny)
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    world = dist.get_world_size()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    emit(args.out, {"stage": "meta", "device": name, "world": world,
+                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+    try:
+        for stage in args.stages.split(","):
+            {"equivalence": equivalence, "throughput": throughput, "longest_row": longest_row}[stage](args, device, world)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

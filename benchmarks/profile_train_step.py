@@ -1,0 +1,86 @@
+"""Where a padfree training step's time goes on the GPU: kernel table and GPU-busy fraction.
+
+    python benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --out prof.txt
+
+Prints the step time, the summed kernel time (GPU busy; the rest is host overhead or syncs), and the
+top kernels by self CUDA time. Random weights, bf16, AdamW (fused), one packed row per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import padfree
+from padfree.bench.shapes import shape_config
+from padfree.corpus import lognormal_lengths
+from padfree.tiny import _realistic_gates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shape", default="0.8b")
+    parser.add_argument("--row-tokens", type=int, default=8192)
+    parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--out", default="profile.txt")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    from transformers import Qwen3_5ForCausalLM
+
+    config = shape_config(args.shape)
+    with torch.device(device):
+        model = Qwen3_5ForCausalLM(config)
+    _realistic_gates(model)
+    model = model.to(torch.bfloat16).train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    padfree.patch(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    lengths = [int(n) for n in lognormal_lengths(64, median=600, sigma=1.0, max_len=args.row_tokens, seed=0)]
+    g = torch.Generator().manual_seed(0)
+    samples, total = [], 0
+    for n in lengths:
+        n = min(n, args.row_tokens - total)
+        if n > 0:
+            samples.append({"input_ids": torch.randint(3, config.vocab_size, (n,), generator=g)})
+            total += n
+    batch = padfree.collate(samples, pad_to=args.row_tokens)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    steps = 3
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_ms = sum(e.self_device_time_total for e in events) / 1e3
+    lines = [
+        f"shape {args.shape}, row {args.row_tokens} tokens, checkpointing {args.checkpointing}, {torch.cuda.get_device_name()}",
+        f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s); kernels {kernel_ms:.1f} ms "
+        f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step)",
+        events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

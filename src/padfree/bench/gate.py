@@ -1,0 +1,100 @@
+"""The correctness gate `padfree bench` passes before it times anything.
+
+On the document lengths of one benchmark row (the one with the most documents), with the benchmark's
+shape, device and dtype:
+    padfree          `padfree.check`'s comparison: the patched model's packed row against the unpatched
+                     model run on each document alone; the max RMS-relative logits error must stay within
+                     the bound below, else the bench stops (exit 1).
+    upstream packed  the same comparison with the model left unpatched (transformers' cu_seq_lens_* path):
+                     its refusal, or its error, flagged as mixing documents above the same bound. It only
+                     labels upstream's numbers; it never stops the bench.
+
+The bound is check's for the dtype (fp32 1e-4, bf16 2e-2), raised to 3x upstream's own rounding error
+where that is larger: the unpatched model in bf16 vs the same weights in fp32, per document. Deep
+shapes need it: at 0.8b, bf16 alone moves the logits by ~5e-2 (measured on CPU), above check's 2e-2.
+3x covers the reference's own rounding plus padfree's (the GPU tests allow padfree 1.5x upstream's).
+Measured on CPU, documents [70, 1, 17, 3, 40]: 0.8b bf16 passes at 4.9e-2 (bound 1.4e-1) while a
+recurrence that ignores boundaries gives 1.4; tiny bf16 8.3e-2 (bound 2.3e-1) vs 4.6e-1.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+
+import torch
+
+import padfree
+from padfree.bench.train_step import Workload
+from padfree.check import BOUNDS, _packed_vs_per_document, rms_relative_error
+
+ROUNDING_MARGIN = 3.0
+
+
+def gate_lengths(workload: Workload) -> list[int]:
+    """Document lengths of the benchmark row with the most documents (the most boundaries to leak over)."""
+    row = max(workload.rows, key=len)
+    if len(row) < 2:
+        raise ValueError(
+            f"every benchmark row holds a single document, so the correctness gate would test no boundary; "
+            f"lower --median-len or raise --row-tokens (now {workload.row_tokens})."
+        )
+    return [len(workload.samples[i]) for i in row]
+
+
+def _documents(vocab: int, lengths: list[int]) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
+
+
+@torch.no_grad()
+def _rounding_error(model, docs: list[torch.Tensor], device: torch.device) -> float:
+    """Max per-document RMS-relative logits error of `model` (bf16/fp16) vs an fp32 copy of it."""
+    low = [model(input_ids=d[None].to(device)).logits[0].float() for d in docs]
+    exact = copy.deepcopy(model).float()
+    high = [exact(input_ids=d[None].to(device)).logits[0] for d in docs]
+    return max(rms_relative_error(h, l) for h, l in zip(high, low))
+
+
+@torch.no_grad()
+def _upstream_packed(model, docs: list[torch.Tensor], device: torch.device, bound: float) -> dict:
+    batch = padfree.collate([{"input_ids": d} for d in docs])
+    batch.pop("labels")
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    try:
+        packed = model(**batch).logits[0].float()
+    except Exception as error:  # upstream's own refusal (e.g. no FLA on CPU) is a result, not a crash
+        return {"refused": f"{type(error).__name__}: {error}", "max_error": None, "mixes_documents": None}
+    reference = [model(input_ids=d[None].to(device)).logits[0].float() for d in docs]
+    if not torch.isfinite(packed).all():
+        worst = float("inf")
+    else:
+        worst = max(rms_relative_error(r, p) for r, p in zip(reference, packed.split([len(d) for d in docs])))
+    return {"refused": None, "max_error": worst, "mixes_documents": worst > bound}
+
+
+def correctness_gate(
+    config, lengths: list[int], device: torch.device, dtype: torch.dtype, seed: int, init_std: float
+) -> dict:
+    """Both comparisons on a fresh model of `config` (weights drawn with std `init_std`); `passed` is padfree's."""
+    from transformers import Qwen3_5ForCausalLM
+
+    gate_config = copy.deepcopy(config)
+    gate_config.initializer_range = init_std
+    torch.manual_seed(seed)
+    model = Qwen3_5ForCausalLM(gate_config).to(device=device, dtype=dtype).eval()
+    docs = _documents(config.vocab_size, lengths)
+    bound, why = BOUNDS[dtype]
+    try:
+        rounding = 0.0 if dtype == torch.float32 else _rounding_error(model, docs, device)
+        if ROUNDING_MARGIN * rounding > bound:
+            bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x upstream's own rounding error here"
+        worst = max(_packed_vs_per_document(model, lengths, device))
+        upstream = _upstream_packed(model, docs, device, bound)
+    finally:
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"lengths": lengths, "init_std": init_std, "max_error": worst, "bound": bound, "bound_reason": why,
+            "rounding_error": rounding, "passed": worst <= bound, "upstream_packed": upstream}  # fmt: skip

@@ -1,0 +1,200 @@
+"""`padfree bench`: the correctness gate, then each path's training-step throughput; a table and JSON.
+
+One process, one workload, one model shape and one set of settings for every path, so the ratios
+compare like with like. The JSON (--json) is rewritten after the gate and after each path, so a run
+cut short by a time limit keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+import transformers
+
+import padfree
+from padfree.bench.gate import correctness_gate, gate_lengths
+from padfree.bench.shapes import GATE_INIT_STD, SHAPES, shape_config
+from padfree.bench.train_step import LENGTH_SIGMA, PATHS, Workload, attention_flops, make_workload, measure
+
+
+@dataclass
+class BenchSettings:
+    shape: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    row_tokens: int | None = None  # None: 8192 on CUDA, 2048 on CPU
+    steps: int = 5
+    warmup: int = 2
+    paths: tuple[str, ...] = PATHS
+    gradient_checkpointing: bool = True
+    median_len: float = 300.0
+    seed: int = 0
+    json: str | None = None
+
+
+def _validate(s: BenchSettings) -> None:
+    if s.shape not in SHAPES:
+        raise ValueError(f"--shape {s.shape}: choose one of {', '.join(SHAPES)}.")
+    unknown = [p for p in s.paths if p not in PATHS]
+    if unknown or not s.paths:
+        raise ValueError(f"--paths {','.join(s.paths)}: give a comma list of {', '.join(PATHS)}.")
+    if s.steps < 1 or s.warmup < 0:
+        raise ValueError(f"--steps {s.steps} --warmup {s.warmup}: need at least 1 timed step and warmup >= 0.")
+    if s.row_tokens is not None and s.row_tokens < 2:
+        raise ValueError(f"--row-tokens {s.row_tokens}: a row needs at least 2 tokens.")
+    if s.median_len <= 0:
+        raise ValueError(f"--median-len {s.median_len}: give a positive median sample length.")
+
+
+def _write(report: dict, path: str | None) -> None:
+    if path is not None:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _gate_lines(gate: dict) -> str:
+    n, up = gate["lengths"], gate["upstream_packed"]
+    verdict = "PASS" if gate["passed"] else "FAIL"
+    lines = [
+        f"  correctness, before timing: a benchmark row of {len(n)} documents ({min(n)} to {max(n)} tokens), packed, "
+        f"vs each document alone (unpatched model):",
+        f"    padfree: max RMS-relative logits error {gate['max_error']:.1e}, bound {gate['bound']:.1e} "
+        f"({gate['bound_reason']}): {verdict}",
+    ]
+    if up["refused"] is not None:
+        lines.append(f"    upstream packed: refused: {up['refused']}")
+    else:
+        verdict = "MIXES DOCUMENTS" if up["mixes_documents"] else "keeps them apart"
+        lines.append(f"    upstream packed: max RMS-relative logits error {up['max_error']:.1e}: {verdict}")
+    return "\n".join(lines)
+
+
+def _apart(result: dict, gate: dict) -> str:
+    """Whether the path keeps documents apart, as the gate (or the path's design) says."""
+    if result["path"] == "padfree":
+        return "yes (gate)"
+    if result["path"] == "upstream_padded":
+        return "yes (one per row)"
+    up = gate["upstream_packed"]
+    return "refused" if up["refused"] else "NO (gate)" if up["mixes_documents"] else "yes (gate)"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _table(results: list[dict], gate: dict) -> str:
+    """Aligned columns for the paths that ran; a path that upstream refused (or that failed) gets its message."""
+    rows = [("path", "real tok/s", "vs padded", "vs packed", "MFU (+attn)", "peak mem", "packing", "docs apart")]
+    failed = []
+    for r in results:
+        if "error" in r:
+            failed.append(f"  {r['path']}: {r['error']}")
+            continue
+        mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%} (+{r['attention_mfu']:.1%})"
+        mem = "n/a (CPU)" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
+        rows.append((r["path"], f"{r['real_tokens_per_s']:,.0f}", _ratio(r["vs_upstream_padded"]),
+                     _ratio(r["vs_upstream_packed"]), mfu, mem, f"{r['packing_efficiency']:.1%}",
+                     _apart(r, gate)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines + failed)
+
+
+def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, config, workload: Workload) -> dict:
+    timed = workload.lengths(workload.rows[s.warmup :])
+    on_cuda = device.type == "cuda"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu, {torch.get_num_threads()} threads",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "padfree": padfree.__version__},
+        "settings": dict(asdict(s), device=device.type, dtype=str(dtype).removeprefix("torch."),
+                         row_tokens=workload.row_tokens, optimizer="AdamW, fused" if on_cuda else "AdamW"),
+        "samples": {"lengths": "lognormal", "median": s.median_len, "sigma": LENGTH_SIGMA,
+                    "timed_documents": len(timed), "timed_real_tokens": sum(timed),
+                    "attention_flops_per_token": attention_flops(config, timed) / sum(timed)},
+        "peak_memory": "torch.cuda.max_memory_allocated over the timed steps" if on_cuda else
+                       "not measured on CPU: the process's RSS high-water mark cannot be reset between paths",
+        "gate": None,
+        "results": [],
+    }  # fmt: skip
+
+
+def _header(report: dict) -> str:
+    s, samples = report["settings"], report["samples"]
+    return (
+        f"padfree bench: shape {s['shape']}, {report['device']}, {s['dtype']}, rows of {s['row_tokens']:,} tokens, "
+        f"{s['steps']} timed + {s['warmup']} warm-up rows per path, activation checkpointing "
+        f"{'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}\n"
+        f"  samples: {samples['timed_documents']} documents timed ({samples['timed_real_tokens']:,} real tokens, "
+        f"the same for every path), lognormal lengths (median {s['median_len']:g}, sigma {LENGTH_SIGMA:g}, "
+        f"at most {s['row_tokens']:,})"
+    )
+
+
+def _measure_or_refusal(path: str, s: BenchSettings, config, workload: Workload, device, dtype) -> dict:
+    try:
+        return measure(path, config, workload, device, dtype, s.gradient_checkpointing, s.seed)
+    except Exception as error:
+        if path == "padfree":
+            raise  # a padfree failure is a bug to report with its traceback, not a table entry
+        # Upstream refusing packed rows (no FLA) or running out of memory is a result of the benchmark.
+        word = "refused" if path == "upstream_packed" else "failed"
+        return {"path": path, "error": f"{word}: {type(error).__name__}: {error}"}
+
+
+def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
+    """Print the report (and write the JSON); 0 when done, 1 when the gate failed, 2 for a bad setting."""
+    from padfree.train.model import resolve_device, resolve_dtype
+
+    out = out if out is not None else sys.stdout
+    s = settings
+    try:
+        _validate(s)
+        device = resolve_device(s.device)
+        dtype = resolve_dtype(s.dtype, device)
+        row_tokens = s.row_tokens or (8192 if device.type == "cuda" else 2048)
+        config = shape_config(s.shape)
+        workload = make_workload(config.vocab_size, row_tokens, s.steps, s.warmup, s.median_len, s.seed)
+        lengths = gate_lengths(workload)
+    except ValueError as error:
+        print(f"padfree bench: error: {error}", file=sys.stderr)
+        return 2
+    report = _new_report(s, device, dtype, config, workload)
+    print(_header(report), file=out)
+    gate = correctness_gate(config, lengths, device, dtype, s.seed, GATE_INIT_STD[s.shape])
+    report["gate"] = gate
+    _write(report, s.json)
+    print(_gate_lines(gate), file=out, flush=True)
+    if not gate["passed"]:
+        print(
+            f"FAIL: padfree's packed row differs from the per-document runs (error {gate['max_error']:.1e} > bound "
+            f"{gate['bound']:.1e}): documents leak into each other here, so nothing was timed. Run `padfree check "
+            f"--device {device.type}` and report both outputs.",
+            file=out,
+        )
+        return 1
+    for path in s.paths:
+        result = _measure_or_refusal(path, s, config, workload, device, dtype)
+        report["results"].append(result)
+        _add_ratios(report["results"])
+        _write(report, s.json)
+        done = result["error"].split(":")[0] if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
+        print(f"  {path}: {done}", file=out, flush=True)
+    print(_table(report["results"], gate), file=out)
+    return 0
+
+
+def _add_ratios(results: list[dict]) -> None:
+    """Each path's real tokens/s over each upstream path's (None where either did not run)."""
+    speed = {r["path"]: r.get("real_tokens_per_s") for r in results}
+    for r in results:
+        for base in ("upstream_padded", "upstream_packed"):
+            ok = r.get("real_tokens_per_s") and speed.get(base)
+            r[f"vs_{base}"] = r["real_tokens_per_s"] / speed[base] if ok else None

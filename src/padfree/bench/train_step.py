@@ -1,0 +1,181 @@
+"""One path's training-step throughput: the samples every path shares, each path's batches, the timing.
+
+Paths (PATHS), each a fresh model from the same seed, trained with the same dtype, activation
+checkpointing and AdamW (fused on CUDA) on the same samples:
+    upstream_padded  the unpatched model, batches of PADDED_BATCH samples right-padded to the longest,
+                     with an attention_mask (the usual HF Trainer setup)
+    upstream_packed  the unpatched model on padfree.collate's rows (transformers' own cu_seq_lens_* path)
+    padfree          the patched model on the same rows
+
+The samples are the documents of `steps + warmup` packed rows drawn from long-tailed (lognormal)
+lengths; the padded path trains exactly those documents, the warm-up rows' documents in its warm-up
+steps, so the timed real tokens are identical across paths. Only real (non-padding) tokens count.
+
+Metrics of a path:
+    real_tokens_per_s    real tokens of the timed steps / their wall time (CUDA synchronised)
+    packing_efficiency   real tokens / slots (padded: batch size x longest sample; packed: row length)
+    mfu                  6 * params * real_tokens_per_s / the GPU's dense bf16 peak (None on CPU)
+    attention_mfu        attention_flops / seconds / the same peak, reported apart from mfu (see below)
+    peak_mem_gib         torch.cuda.max_memory_allocated over the timed steps; None on CPU, where only the
+                         process-wide RSS high-water mark exists and it cannot be reset between paths
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+import padfree
+from padfree.corpus import lognormal_lengths
+from padfree.packing import pack
+from padfree.train.metrics import mfu, peak_bf16_flops
+
+PATHS = ("upstream_padded", "upstream_packed", "padfree")
+# The issue's baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
+# which pads more; 4 is the kinder baseline for upstream.
+PADDED_BATCH = 4
+LENGTH_SIGMA = 1.0  # lognormal spread of log-length: ~16% of samples above e * median
+
+
+@dataclass
+class Workload:
+    """The documents every path trains: `rows[:warmup]` warm up, `rows[warmup:]` are timed."""
+
+    samples: list[torch.Tensor]  # token ids, one 1-D tensor per document
+    rows: list[list[int]]  # packed rows, as indices into samples
+    warmup: int
+    row_tokens: int
+
+    def lengths(self, rows: list[list[int]]) -> list[int]:
+        return [len(self.samples[i]) for row in rows for i in row]
+
+
+def make_workload(vocab: int, row_tokens: int, steps: int, warmup: int, median_len: float, seed: int) -> Workload:
+    """Lognormal lengths (clipped to the row), packed best-fit decreasing; the first steps + warmup rows."""
+    mean = median_len * math.exp(LENGTH_SIGMA**2 / 2)
+    num = 2 * math.ceil((steps + warmup) * row_tokens / min(mean, row_tokens)) + 8  # 2x: spare rows
+    lengths = lognormal_lengths(num, median=median_len, sigma=LENGTH_SIGMA, max_len=row_tokens, seed=seed)
+    rows = pack(lengths, row_tokens, seed=seed).rows[: steps + warmup]  # rows in shuffled order
+    if len(rows) < steps + warmup:  # cannot happen with 2x spare samples; never time fewer steps silently
+        raise RuntimeError(f"packed only {len(rows)} rows for {steps} + {warmup} steps; this is a padfree bug.")
+    generator = torch.Generator().manual_seed(seed)
+    samples = [torch.randint(3, vocab, (int(n),), generator=generator) for n in lengths]  # 0-2: special ids
+    return Workload(samples, rows, warmup, row_tokens)
+
+
+def attention_flops(config, lengths: list[int]) -> float:
+    """Useful FLOPs of softmax attention, forward + backward, for documents of these lengths.
+
+    Per attention layer and head of dim d, a causal document of L tokens needs QK^T and PV, each
+    2 * L^2 * d FLOPs unmasked, halved by causality: 2 * L^2 * d forward, twice that backward:
+        6 * (attention layers) * heads * d * sum(L^2).
+    Useful work only: the padded path's FLOPs on padding and the GDN recurrence are not counted
+    (the GDN projections are in 6 * params).
+    """
+    layers = config.layer_types.count("full_attention")
+    return 6.0 * layers * config.num_attention_heads * config.head_dim * sum(n * n for n in lengths)
+
+
+def _batches(path: str, workload: Workload, rows: list[list[int]]) -> list[tuple[dict, int]]:
+    """(batch, slots) per optimizer step over the documents of `rows`."""
+    if path == "upstream_padded":
+        docs = [workload.samples[i] for i in sorted(i for row in rows for i in row)]  # dataset order
+        out = []
+        for start in range(0, len(docs), PADDED_BATCH):
+            group = docs[start : start + PADDED_BATCH]
+            ids = torch.zeros(len(group), max(len(d) for d in group), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, doc in enumerate(group):
+                ids[r, : len(doc)], mask[r, : len(doc)] = doc, 1
+            out.append(({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)},
+                        ids.numel()))  # fmt: skip
+        return out
+    pad_to = workload.row_tokens  # static row length: one dummy document pads the rest
+    return [(padfree.collate([{"input_ids": workload.samples[i]} for i in row], pad_to=pad_to), pad_to) for row in rows]
+
+
+def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool, patched: bool):
+    """The same random init for every path: the seed is set right before construction."""
+    from transformers import Qwen3_5ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3_5ForCausalLM(config).to(device=device, dtype=dtype).train()
+    model.config.use_cache = False  # training: no KV / recurrent-state cache
+    if patched:
+        padfree.patch(model)
+    if checkpointing:
+        # Non-reentrant: recomputes each layer with the same kwargs, padfree's packed metadata included.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.x's new name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(path: str, config, workload: Workload, device: torch.device, dtype: torch.dtype,
+            checkpointing: bool, seed: int) -> dict:  # fmt: skip
+    """Train `path` on the workload; warm-up steps first, untimed. Raises what the model raises."""
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; choose from {', '.join(PATHS)}.")
+    warm = [_to(b, device) for b, _ in _batches(path, workload, workload.rows[: workload.warmup])]
+    timed = [(_to(b, device), slots) for b, slots in _batches(path, workload, workload.rows[workload.warmup :])]
+    lengths = workload.lengths(workload.rows[workload.warmup :])
+    real, slots, num_steps = sum(lengths), sum(s for _, s in timed), len(timed)
+    model = build_model(config, seed, device, dtype, checkpointing, patched=path == "padfree")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    def step(batch):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    try:
+        for batch in warm:
+            step(batch)
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # params and optimizer state stay counted
+        start = time.perf_counter()
+        for batch, _ in timed:
+            loss = step(batch)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        params = sum(p.numel() for p in model.parameters())
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        final_loss = loss.item()
+    finally:
+        del model, optimizer, warm, timed
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    peak_flops = peak_bf16_flops(device) if dtype == torch.bfloat16 else None
+    return {
+        "path": path,
+        "real_tokens_per_s": real / seconds,
+        "real_tokens": real,
+        "slots": slots,
+        "packing_efficiency": real / slots,
+        "optimizer_steps": num_steps,
+        "seconds": seconds,
+        "mfu": mfu(params, real / seconds, device, dtype),
+        "attention_mfu": attention_flops(config, lengths) / seconds / peak_flops if peak_flops else None,
+        "peak_mem_gib": peak_mem,
+        "params": params,
+        "final_loss": final_loss,
+    }

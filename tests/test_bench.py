@@ -1,0 +1,96 @@
+"""`padfree bench` on CPU: all three paths run on the same samples after the correctness gate, and a
+gate that sees documents leak into each other stops the bench before anything is timed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import padfree.models.layers
+from padfree.bench.gate import ROUNDING_MARGIN, correctness_gate
+from padfree.bench.shapes import GATE_INIT_STD, shape_config
+from padfree.check import BOUNDS
+from padfree.cli import main
+
+# Rows of 256 tokens with median-48 samples: several documents per row (the gate needs boundaries)
+# and enough spread in a padded batch of 4 to waste slots. About 3 s on 2 cores.
+ARGS = ["bench", "--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--row-tokens", "256",
+        "--median-len", "48"]  # fmt: skip
+
+
+def test_bench_runs_all_paths_on_cpu(tmp_path, capsys):
+    out_file = tmp_path / "bench.json"
+    assert main([*ARGS, "--json", str(out_file)]) == 0
+    report = json.loads(out_file.read_text())
+    results = {r["path"]: r for r in report["results"]}
+    assert list(results) == ["upstream_padded", "upstream_packed", "padfree"]
+
+    gate = report["gate"]
+    assert gate["passed"] and gate["max_error"] <= gate["bound"] == 1e-4 and gate["rounding_error"] == 0.0
+    assert len(gate["lengths"]) >= 2, "the gate row must hold a document boundary, or it proves nothing"
+
+    padded, packed, ours = results["upstream_padded"], results["upstream_packed"], results["padfree"]
+    assert padded["real_tokens_per_s"] > 0 and ours["real_tokens_per_s"] > 0
+    # Every path times the same documents: equal real-token counts.
+    assert padded["real_tokens"] == ours["real_tokens"] == report["samples"]["timed_real_tokens"]
+    assert padded["packing_efficiency"] < ours["packing_efficiency"] <= 1.0
+    assert ours["vs_upstream_padded"] == ours["real_tokens_per_s"] / padded["real_tokens_per_s"]
+    # Upstream's packed path needs flash-linear-attention, absent on CPU: it refuses, and the gate saw the same.
+    if "error" in packed:
+        assert packed["error"].startswith("refused: ") and gate["upstream_packed"]["refused"]
+    else:
+        assert packed["real_tokens_per_s"] > 0 and gate["upstream_packed"]["max_error"] is not None
+    assert ours["mfu"] is None and ours["peak_mem_gib"] is None  # CPU: no bf16 peak, no per-path peak memory
+
+    out = capsys.readouterr().out
+    assert "padfree: max RMS-relative logits error" in out and ": PASS" in out
+    table = out[out.index("  path ") :]
+    assert "upstream_padded" in table and "1.00x" in table and "padfree" in table
+
+
+def _leak(monkeypatch, op: str) -> None:
+    """Make the layer's `op` run the packed row as one sequence: state flows from each document to the next."""
+    real = getattr(padfree.models.layers, op)
+
+    def leaky(*args, cu_seqlens=None, cu_seqlens_cpu=None, **kwargs):
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(padfree.models.layers, op, leaky)
+
+
+def test_bench_stops_when_documents_leak(tmp_path, monkeypatch, capsys):
+    _leak(monkeypatch, "causal_conv1d")
+    out_file = tmp_path / "bench.json"
+    assert main([*ARGS, "--json", str(out_file)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: padfree's packed row differs from the per-document runs" in out and "nothing was timed" in out
+    report = json.loads(out_file.read_text())
+    assert not report["gate"]["passed"] and report["gate"]["max_error"] > 1e-2
+    assert report["results"] == []
+
+
+@pytest.mark.parametrize("leaks", [False, True])
+def test_bf16_gate_bound_follows_rounding_and_still_catches_a_leak(leaks, monkeypatch):
+    """In bf16 the bound grows to 3x upstream's own bf16-vs-fp32 error; a leaking recurrence must stay above it."""
+    if leaks:
+        _leak(monkeypatch, "chunk_gated_delta_rule")
+    gate = correctness_gate(shape_config("tiny"), [70, 1, 17, 3, 40], torch.device("cpu"), torch.bfloat16, 0,
+                            GATE_INIT_STD["tiny"])  # fmt: skip
+    assert gate["rounding_error"] > 0
+    assert gate["bound"] == max(BOUNDS[torch.bfloat16][0], ROUNDING_MARGIN * gate["rounding_error"])
+    assert gate["passed"] is not leaks, gate
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--paths", "padfree,upstream"], "--paths padfree,upstream: give a comma list of upstream_padded"),
+        (["--row-tokens", "64", "--median-len", "5000"], "every benchmark row holds a single document"),
+    ],
+)
+def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):
+    assert main(["bench", "--device", "cpu", *flags]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
