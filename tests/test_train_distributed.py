@@ -134,3 +134,36 @@ def test_bad_sp_degree_fails_before_writing(tmp_path, capsys):
     assert not out.exists()
     assert main(["train", "--sp-degree", "2", "--output-dir", str(out)]) == 2  # one process, no torchrun
     assert "launch it with torchrun" in capsys.readouterr().err and not out.exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_train_like_one_process(tmp_path, cache_dir, single_run):
+    """Two torchrun launchers (--nnodes 2, one process each) meeting at a c10d rendezvous: the command
+    users run on two machines. Sequence parallelism of degree 2 spans the two "nodes"."""
+    out = tmp_path / "run"
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+             "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+             "--rdzv-id", "padfree-test", "-m", "padfree.cli", "train", *ROWS, "--grad-accum", "2",
+             "--sp-degree", "2", "--cache-dir", cache_dir, "--output-dir", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=240) for p in launches]
+    for p, (stdout, stderr) in zip(launches, outputs):
+        assert p.returncode == 0, f"node failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    assert "1 data-parallel x 2 sequence-parallel" in outputs[0][0] + outputs[1][0]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    assert_close("loss", curve(single_run, "loss"), curve(records, "loss"), CURVE_BOUND, WHY)
