@@ -109,7 +109,7 @@ def emit(out, record):
 def equivalence(args, device, world):
     batch = make_row(args.eq_tokens, VOCAB[args.shape], seed=1)
     model = build(args.shape, torch.float32, device)
-    padfree.patch(model)
+    padfree.patch(model, backend="torch")  # the fp32 reference: no FLA autotuning for a dtype used once
     ref_loss = run_step(model, batch, None, device)
     ref = flat_grads(model)
     del model
@@ -119,7 +119,7 @@ def equivalence(args, device, world):
     errors = {}
     for name, mode in runs.items():
         sp = None if mode is None else SequenceParallel(dist.group.WORLD, mode=mode)
-        padfree.patch(model, sequence_parallel=sp)
+        padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         try:
             loss = run_step(model, batch, sp, device)
         except Exception as error:  # record and go on: the other setups still say something
@@ -147,7 +147,7 @@ def throughput(args, device, world):
     ]
     results = {}
     for name, sp, tokens in setups:
-        padfree.patch(model, sequence_parallel=sp)
+        padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         rows = [make_row(tokens, VOCAB[args.shape], seed=10 + i) for i in range(args.warmup + args.steps)]
         try:
             run_step(model, rows[0], sp, device)
@@ -180,7 +180,7 @@ def longest_row(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for name, sp in [("1 GPU", None), (f"{world} GPUs {args.long_mode}", SequenceParallel(dist.group.WORLD, mode=args.long_mode))]:
-        padfree.patch(model, sequence_parallel=sp)
+        padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         fits, tokens, limit = 0, args.long_start * (1 if sp is None else world), "--long-max reached"
         while tokens <= args.long_max * (1 if sp is None else world):
             ok = torch.ones((), device=device)
@@ -212,6 +212,7 @@ def main():
     parser.add_argument("--long-start", type=int, default=65536)
     parser.add_argument("--long-max", type=int, default=1 << 20)
     parser.add_argument("--long-mode", default="ulysses")
+    parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     args = parser.parse_args()
     if torch.cuda.is_available():
         dist.init_process_group("nccl")

@@ -81,6 +81,21 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     return f"Gated DeltaNet {gdn}{why}, attention {attention.resolve_attention_backend('auto', probe)}"
 
 
+def _sequence_parallel(model) -> str:
+    """What padfree.parallel can do for this model here (the degrees are the model's, not this machine's)."""
+    import torch.distributed as dist
+
+    from padfree.parallel import ulysses_degrees
+
+    if not dist.is_available():
+        return "unavailable (this PyTorch has no torch.distributed)"
+    backends = [name for name, ok in (("nccl", dist.is_nccl_available()), ("gloo", dist.is_gloo_available())) if ok]
+    return (
+        f"Ulysses at degrees {ulysses_degrees(model.config)}, context parallelism at any degree "
+        f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}"
+    )
+
+
 def _packed_vs_per_document(model, lengths: list[int], device: torch.device) -> list[float]:
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
@@ -137,6 +152,7 @@ def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto
     print(f"  backends picked by auto: {_backends(loaded, target, torch_dtype)}", file=out)
     params = sum(p.numel() for p in loaded.parameters())
     print(f"  model: {name} ({type(loaded).__name__}, {params / 1e6:.1f}M params)", file=out)
+    print(f"  sequence parallelism: {_sequence_parallel(loaded)}", file=out)
     errors = _packed_vs_per_document(loaded, lengths, target)
     worst = max(range(len(errors)), key=lambda i: errors[i])
     bound, why = BOUNDS[torch_dtype]
