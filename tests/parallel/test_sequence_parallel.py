@@ -1,4 +1,4 @@
-"""Sequence parallelism on CPU with gloo, world sizes 2 and 4: loss and every gradient equal the
+"""Sequence parallelism on CPU with gloo, world sizes 2, 4 and 8: loss and every gradient equal the
 unsharded run (relative error <= 1e-4), for Ulysses, context parallelism, and degrees above the
 model's head counts. One spawn per world size runs every scenario (sp_worker.py); each test
 checks one named scenario."""
@@ -21,7 +21,7 @@ WHY = "fp32 on CPU: the sharded run sums the same terms in another order (all-to
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = {}
-    for world in (2, 4):
+    for world in sp_worker.SCENARIOS:
         folder = tmp_path_factory.mktemp(f"sp{world}")
         out_file = folder / "results.json"
         mp.start_processes(
@@ -35,7 +35,7 @@ CASES = [
     (world, f"{family}/{mode}/{scenario}")
     for world, scenarios in sp_worker.SCENARIOS.items()
     for family in FAMILIES
-    for mode in ("ulysses", "context")
+    for mode in sp_worker.MODES[world]
     for scenario in scenarios
 ] + [(4, "qwen3_5/auto_above_head_counts/document_spans_three_ranks")]
 
