@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from padfree.train.config import (
-    ATTENTION_BACKENDS, DEVICES, DTYPES, GDN_BACKENDS, OVERLONG_POLICIES, SP_MODES, field_names,
+    ATTENTION_BACKENDS, DEVICES, DTYPES, GDN_BACKENDS, TRAIN_DTYPES, OVERLONG_POLICIES, SP_MODES, field_names,
 )
 
 _HELP = {
@@ -39,7 +39,8 @@ _HELP = {
     "max_grad_norm": "clip the gradient norm to this; 0 disables (default: 1.0)",
     "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30%% more compute)",
     "seed": "seed of the initial weights (embedded model), the data order and torch (default: 0)",
-    "dtype": " | ".join(DTYPES) + " (default: auto = bfloat16 on CUDA, float32 on CPU)",
+    "dtype": " | ".join(TRAIN_DTYPES) + " (default: auto = bf16-mixed on CUDA: fp32 weights and optimizer, bf16 "
+    "compute; float32 on CPU)",
     "device": " | ".join(DEVICES) + " (default: auto)",
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
@@ -59,7 +60,7 @@ _BOOLS = ("gradient_checkpointing", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")
-_CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
+_CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": TRAIN_DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
             "attention_backend": ATTENTION_BACKENDS, "sp_mode": SP_MODES}  # fmt: skip
 
 

@@ -95,6 +95,12 @@ def attention_qkv(module, hidden_1TC: torch.Tensor, position_embeddings):
     apply_rotary_pos_emb = sys.modules[type(module).__module__].apply_rotary_pos_emb
     cos, sin = position_embeddings
     q_1THD, k_1THD = apply_rotary_pos_emb(q_1THD, k_1THD, cos, sin, unsqueeze_dim=2)
+    device_type = hidden_1TC.device.type
+    if torch.is_autocast_enabled(device_type):
+        # fp32 rotary tables promote q and k back to fp32 while v stays in the autocast dtype; SDPA
+        # (upstream's attention) is on autocast's cast-down list, so casting all three matches it.
+        dtype = torch.get_autocast_dtype(device_type)
+        q_1THD, k_1THD, v_1THD = (t.to(dtype) for t in (q_1THD, k_1THD, v_1THD))
     return q_1THD, k_1THD, v_1THD, gate_1THD
 
 

@@ -22,7 +22,8 @@ from padfree.train.checkpoint import find_checkpoint, read_saved_config
 from padfree.train.errors import TrainError
 
 OVERLONG_POLICIES = ("truncate", "drop", "error")
-DTYPES = ("auto", "float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")  # what `padfree check` / `bench` run in
+TRAIN_DTYPES = (*DTYPES, "bf16-mixed")  # training adds fp32 weights under bf16 autocast (train.model.Precision)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -48,7 +49,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still reported)
     gradient_checkpointing: bool = False
     seed: int = 0
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"  # auto: bf16-mixed on CUDA (fp32 weights, bf16 compute), float32 on CPU
     device: str = "auto"
     backend: str = "auto"  # Gated DeltaNet kernels (padfree.patch backend=)
     attention_backend: str = "auto"
@@ -206,7 +207,7 @@ def validate(config: TrainConfig) -> None:
         raise TrainError(f"--lr must be > 0, got {config.lr}.")
     if not 0 <= config.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio must be in [0, 1], got {config.min_lr_ratio}.")
-    choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
+    choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", TRAIN_DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
                   ("attention_backend", ATTENTION_BACKENDS), ("sp_mode", SP_MODES))  # fmt: skip
     for key, choices in choices_of:
         if getattr(config, key) not in choices:

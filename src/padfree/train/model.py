@@ -8,6 +8,7 @@ tokenizer's 4,096-token vocabulary, so the whole demo trains on a CPU in well un
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,10 +36,37 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA (its tensor cores), fp32 on CPU (bf16 matmuls are slow and lossy there)."""
+    """One dtype for weights and compute (`padfree check`, `padfree bench`): auto = bf16 on CUDA, fp32 on CPU."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """weights: parameters, gradients and AdamW state; compute: the dtype matmuls run in."""
+
+    name: str
+    weights: torch.dtype
+    compute: torch.dtype
+
+    @property
+    def autocast(self) -> bool:
+        return self.weights != self.compute
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """--dtype: auto = bf16-mixed on CUDA (its tensor cores), float32 on CPU (bf16 is slow there).
+
+    bf16-mixed keeps fp32 weights and runs the step under bf16 autocast. Pure bfloat16 weights lose
+    small updates: an AdamW step of lr 2e-5 on a weight of 0.02 is 1e-3 of it, under bf16's rounding
+    step (2^-8 = 4e-3), so most of a fine-tuning run's updates round away.
+    """
+    if name == "auto":
+        name = "bf16-mixed" if device.type == "cuda" else "float32"
+    if name == "bf16-mixed":
+        return Precision(name, torch.float32, torch.bfloat16)
+    return Precision(name, _DTYPES[name], _DTYPES[name])
 
 
 def _checkpoint_folder(path: str, flag: str) -> Path:
@@ -144,10 +172,10 @@ def prepare_model(
     """The patched, trainable model on `device`. `resume_from` is a checkpoint folder whose weights
     (full fine-tuning) or adapter (LoRA) replace the initial ones. `sequence_parallel`: a
     padfree.parallel.SequenceParallel (--sp-degree > 1), checked here against the model's heads."""
-    dtype = resolve_dtype(config.dtype, device)
-    check_backends(config, device, dtype)
+    precision = resolve_precision(config.dtype, device)
+    check_backends(config, device, precision.compute)
     full_weights = resume_from if (resume_from is not None and not config.lora_rank) else None
-    model = load_weights(config, tokenizer, dtype, full_weights)
+    model = load_weights(config, tokenizer, precision.weights, full_weights)
     if config.lora_rank:
         # The adapter's config records where its base model is: an absolute path, so it loads from anywhere.
         base = Path(config.model) if config.model is not None else demo_base_dir(config)

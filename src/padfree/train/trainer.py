@@ -45,7 +45,7 @@ from padfree.train.distributed import Dist
 from padfree.train.errors import TrainError
 from padfree.train.metrics import MetricsLogger, NullLogger, mfu, peak_memory_mb, read_metrics, truncate_metrics
 from padfree.train.model import (
-    build_demo_model, demo_base_dir, load_tokenizer, parameter_counts, prepare_model, resolve_device, resolve_dtype,
+    build_demo_model, demo_base_dir, load_tokenizer, parameter_counts, prepare_model, resolve_device, resolve_precision,
 )
 
 
@@ -87,11 +87,18 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def _describe_model(config: TrainConfig, model, device, dtype) -> str:
+def _describe_model(config: TrainConfig, model, device, precision) -> str:
     total, trainable = parameter_counts(model)
     what = "embedded tiny Qwen3.5 (random weights)" if config.model is None else config.model
     lora = f", LoRA rank {config.lora_rank}" if config.lora_rank else ""
-    return f"model: {what}: {total / 1e6:.1f}M params, {trainable / 1e6:.2f}M trained{lora}; {device}, {dtype}"
+    return f"model: {what}: {total / 1e6:.1f}M params, {trainable / 1e6:.2f}M trained{lora}; {device}, {_precision_text(precision)}"
+
+
+def _precision_text(precision) -> str:
+    if precision.autocast:
+        return f"{precision.name} ({str(precision.weights).removeprefix('torch.')} weights, " \
+               f"{str(precision.compute).removeprefix('torch.')} compute)"
+    return str(precision.weights).removeprefix("torch.")
 
 
 def train(
@@ -126,7 +133,7 @@ def train(
 def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, out: TextIO, d: Dist) -> TrainResult:
     output_dir = Path(config.output_dir)
     device = d.device
-    dtype = resolve_dtype(config.dtype, device)
+    precision = resolve_precision(config.dtype, device)
     rows_per_step = config.grad_accum * d.dp_size
     error = None
     try:  # every rank prepares the same; one failing must not leave the others waiting (distributed.agree)
@@ -148,7 +155,7 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
     except Exception as caught:  # noqa: BLE001 - re-raised by agree
         error = caught
     distributed.agree(d, error, "while preparing the run")
-    description = _describe_model(config, model, device, dtype)
+    description = _describe_model(config, model, device, precision)
     num_params = parameter_counts(model)[0]
     model = distributed.shard_model(model, d)
     optimizer, scheduler, warmup = make_optimizer(model, config, total_steps)
@@ -228,7 +235,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
             loss_sum = torch.zeros((), device=device)
             for batch in batches:
                 inputs = _to_device(distributed.sp_inputs(batch, d, pad_id), device)
-                loss = model(**inputs, num_items_in_batch=trained).loss
+                with torch.autocast(device.type, dtype=precision.compute, enabled=precision.autocast):
+                    loss = model(**inputs, num_items_in_batch=trained).loss
                 loss.backward()
                 loss_sum += loss.detach()
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
@@ -247,7 +255,7 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
                 "tokens": tokens, "trained_tokens": trained, "tokens_per_s": tokens / seconds,
                 "packing_efficiency": tokens / (len(positions) * config.max_tokens),
                 "peak_mem_mb": distributed.max_over_ranks(peak_memory_mb(device), d),
-                "mfu": mfu(num_params, tokens / seconds, device, dtype, d.world_size),
+                "mfu": mfu(num_params, tokens / seconds, device, precision.compute, d.world_size),
             }  # fmt: skip
             logger.log(record)
             logged.append(record)
