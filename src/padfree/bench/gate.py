@@ -26,7 +26,7 @@ import torch
 
 import padfree
 from padfree.bench.train_step import Workload
-from padfree.check import BOUNDS, _packed_vs_per_document, rms_relative_error
+from padfree.check import BOUNDS, packed_vs_per_document, rms_relative_error
 
 ROUNDING_MARGIN = 3.0
 
@@ -89,7 +89,7 @@ def correctness_gate(
         rounding = 0.0 if dtype == torch.float32 else _rounding_error(model, docs, device)
         if ROUNDING_MARGIN * rounding > bound:
             bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x upstream's own rounding error here"
-        worst = max(_packed_vs_per_document(model, lengths, device))
+        worst = max(packed_vs_per_document(model, lengths, device))
         upstream = _upstream_packed(model, docs, device, bound)
     finally:
         del model
