@@ -16,6 +16,8 @@ to their document's keys from its start, bottom-right causal (padfree.ops.attent
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from padfree.models.layers import (
@@ -48,22 +50,29 @@ def gated_deltanet_context(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     return gdn_output(module, o_1THD, z_1THD)
 
 
-def _halo_state(mixed_qkv, tails, tail: int, row: ShardedRow, width: int) -> torch.Tensor | None:
-    """Initial conv state [N_local, C, W]: zeros, but for a first document that began on an earlier
-    rank, its inputs before this rank's start (column c holds token start - W + c)."""
-    if row.first_doc_start == row.start:
-        return None
+@functools.lru_cache(maxsize=64)
+def _halo_columns(start: int, shard_len: int, first_doc_start: int, width: int, tail: int, device: torch.device):
+    """(rows of the gathered tails [P * tail] for conv-state columns 0..W-1, which of them are in the
+    document). Column c holds token start - W + c, read from the rank that owns it. Cached: the same
+    for every GDN layer of a row."""
     index, valid = [], []
     for c in range(width):
-        position = row.start - width + c
-        rank = position // row.shard_len
-        slot = position - (row.rank_range(rank)[1] - tail)  # where it sits in that rank's tail
-        ok = position >= row.first_doc_start and slot >= 0
+        position = start - width + c
+        rank = position // shard_len
+        slot = position - ((rank + 1) * shard_len - tail)  # where it sits in that rank's tail
+        ok = position >= first_doc_start and slot >= 0
         index.append(rank * tail + slot if ok else 0)
         valid.append(ok)
-    device = mixed_qkv.device
-    columns_WC = tails.flatten(0, 1)[torch.tensor(index, device=device)]
-    columns_WC = columns_WC * torch.tensor(valid, device=device, dtype=columns_WC.dtype)[:, None]
+    return torch.tensor(index).to(device), torch.tensor(valid).to(device)
+
+
+def _halo_state(mixed_qkv, tails, tail: int, row: ShardedRow, width: int) -> torch.Tensor | None:
+    """Initial conv state [N_local, C, W]: zeros, but for a first document that began on an earlier
+    rank, its last W inputs before this rank's start (0 where they precede the document)."""
+    if row.first_doc_start == row.start:
+        return None
+    index, valid = _halo_columns(row.start, row.shard_len, row.first_doc_start, width, tail, mixed_qkv.device)
+    columns_WC = tails.flatten(0, 1)[index] * valid[:, None].to(tails.dtype)
     others = columns_WC.new_zeros(row.local.num_docs - 1, columns_WC.shape[1], width)
     return torch.cat([columns_WC.T[None], others])
 
@@ -105,10 +114,7 @@ def attention_context(module, hidden_1TC, position_embeddings, row: ShardedRow, 
     # keys of this rank's documents: from its first document's start up to its last token
     kv_THD = kv_PTHD.flatten(0, 1)[row.first_doc_start : row.end]
     k_THD, v_THD = kv_THD[:, :HKV].contiguous(), kv_THD[:, HKV:].contiguous()
-    back = row.start - row.first_doc_start
-    offsets_k = (0, *(o + back for o in row.local.cu_seqlens_host[1:]))
-    cu_k = torch.tensor(offsets_k, dtype=torch.int32, device=q_1THD.device)
-    max_k = max(b - a for a, b in zip(offsets_k, offsets_k[1:]))
+    offsets_k, cu_k, max_k = row.key_offsets
     o_THD = varlen_attention(
         q_1THD[0], k_THD, v_THD, row.local.cu_seqlens, row.local.max_seqlen, scale=module.scaling,
         backend=backend, cu_seqlens_host=row.local.cu_seqlens_host,

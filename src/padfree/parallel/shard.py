@@ -9,6 +9,7 @@ layout, which is host metadata and costs nothing to share.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -72,8 +73,15 @@ class ShardedRow:
     def shard_len(self) -> int:
         return self.end - self.start
 
-    def rank_range(self, rank: int) -> tuple[int, int]:
-        return rank * self.shard_len, (rank + 1) * self.shard_len
+    @functools.cached_property
+    def key_offsets(self) -> tuple[tuple[int, ...], torch.Tensor, int]:
+        """Context-parallel attention's keys: this rank's documents from the first one's start (which
+        may lie on an earlier rank) to `end`, as (host offsets, device offsets, longest). Built once per
+        row, shared by every attention layer."""
+        back = self.start - self.first_doc_start
+        offsets = (0, *(o + back for o in self.local.cu_seqlens_host[1:]))
+        device_offsets = torch.tensor(offsets, dtype=torch.int32).to(self.local.cu_seqlens.device)
+        return offsets, device_offsets, max(b - a for a, b in zip(offsets, offsets[1:]))
 
 
 def sharded_row(sp: SequenceParallel, packed: PackedBatch) -> ShardedRow:

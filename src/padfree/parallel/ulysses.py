@@ -31,9 +31,12 @@ def _heads_of_rank(rank: int, degree: int, heads: int) -> list[int]:
 
 
 @functools.cache
-def _gdn_channels(degree: int, H: int, HV: int, K: int, V: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _gdn_channels(
+    degree: int, H: int, HV: int, K: int, V: int, device: torch.device
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Column order of [mixed_qkv | b | a] that lays out each rank's heads side by side, and each
-    rank's conv channels within mixed_qkv = [q (H*K) | k (H*K) | v (HV*V)]."""
+    rank's conv channels within mixed_qkv = [q (H*K) | k (H*K) | v (HV*V)]. Cached per device: built
+    and copied once, not in every layer of every step."""
     order, conv = [], []
     for r in range(degree):
         value_heads = _heads_of_rank(r, degree, HV)
@@ -45,8 +48,8 @@ def _gdn_channels(degree: int, H: int, HV: int, K: int, V: int) -> tuple[torch.T
         C = 2 * H * K + HV * V
         gates = torch.tensor(value_heads)
         order.append(torch.cat([channels, C + gates, C + HV + gates]))
-        conv.append(channels)
-    return torch.cat(order), conv
+        conv.append(channels.to(device))
+    return torch.cat(order).to(device), conv
 
 
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
@@ -54,8 +57,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     P, r = sp.size, sp.rank
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
     H, HV = module.num_k_heads, module.num_v_heads
-    order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim)
-    order = order.to(hidden_1TC.device)
+    order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
     local = torch.cat([mixed_qkv[0], b_1TH[0].to(mixed_qkv.dtype), a_1TH[0].to(mixed_qkv.dtype)], dim=-1)
     row_TC = seq_to_heads(local[:, order].unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
     value_heads = _heads_of_rank(r, P, HV)
@@ -63,7 +65,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)
     q, k, v, g, beta = gdn_gate_inputs(
         module, mixed_r, b_r, a_r, row.packed, backend,
-        channels=conv[r].to(hidden_1TC.device), value_heads=slice(value_heads[0], value_heads[-1] + 1),
+        channels=conv[r], value_heads=slice(value_heads[0], value_heads[-1] + 1),
     )  # fmt: skip
     o_1THD, _ = chunk_gated_delta_rule(
         q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_cpu,
