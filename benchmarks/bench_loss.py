@@ -42,6 +42,13 @@ def chunked_ce(hidden_TH, weight_VH, targets_T, chunk_size, budget):
     )
 
 
+def fla_fused_ce(hidden_TH, weight_VH, targets_T):
+    """flash-linear-attention's Triton fused linear cross-entropy (a candidate, not what padfree uses)."""
+    from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
+
+    return fused_linear_cross_entropy_loss(hidden_TH, targets_T, weight_VH, reduction="sum")
+
+
 def analytic_chunked_peak(T, H, V, dtype, rows) -> int:
     """The op's own transient bytes (padfree.loss_chunked docstring), excluding inputs and saved grads."""
     e = torch.empty((), dtype=dtype).element_size()
@@ -124,6 +131,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-full", action="store_true", help="skip the full-logits baseline (too big)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--with-fla", action="store_true", help="also time FLA's fused linear cross-entropy")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -149,6 +157,13 @@ def main() -> None:
             names = ("loss", "dhidden", "dweight")
             refs, gots = (full_result[0], *full_result[1]), (chunked_result[0], *chunked_result[1])
             chunked["rms_rel_error_vs_full"] = {n: rms_rel(r, g) for n, r, g in zip(names, refs, gots)}
+    if args.with_fla:
+        fla, fla_result = bench("fla_fused", fla_fused_ce, inputs, args.repeats)
+        records.append(fla)
+        if fla_result is not None and chunked_result is not None:
+            names = ("loss", "dhidden", "dweight")
+            refs, gots = (chunked_result[0], *chunked_result[1]), (fla_result[0], *fla_result[1])
+            fla["rms_rel_error_vs_chunked"] = {n: rms_rel(r, g) for n, r, g in zip(names, refs, gots)}
     report = dict(
         shape=dict(T=args.T, H=args.H, V=args.V), dtype=args.dtype, device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

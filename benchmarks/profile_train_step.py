@@ -2,14 +2,20 @@
 
     python benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --out prof.txt
 
-Prints the step time, the summed kernel time (GPU busy; the rest is host overhead or syncs), and the
-top kernels by self CUDA time. Random weights, bf16, AdamW (fused), one packed row per step.
+Prints the step time, the summed kernel time (GPU busy; the rest is host overhead or syncs), the
+host-device syncs of one step (`torch.cuda.set_sync_debug_mode`, counted by source line: each one
+drains the GPU's queue, so the host can no longer run ahead), and the top kernels by self CUDA
+time. Random weights, AdamW (fused), one packed row per step; `--precision bf16` keeps the weights
+in bf16, `bf16-mixed` keeps them in fp32 under bf16 autocast (what `padfree train` does on CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import time
+import warnings
 
 import torch
 from torch.autograd import DeviceType
@@ -26,6 +32,7 @@ def main():
     parser.add_argument("--shape", default="0.8b")
     parser.add_argument("--row-tokens", type=int, default=8192)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
     parser.add_argument("--out", default="profile.txt")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -36,7 +43,8 @@ def main():
     with torch.device(device):
         model = Qwen3_5ForCausalLM(config)
     _realistic_gates(model)
-    model = model.to(torch.bfloat16).train()
+    mixed = args.precision == "bf16-mixed"
+    model = (model if mixed else model.to(torch.bfloat16)).train()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     padfree.patch(model)
@@ -53,7 +61,9 @@ def main():
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
 
     def step():
-        model(**batch).loss.backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -66,6 +76,7 @@ def main():
         step()
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - start) / steps * 1e3
+    syncs = sync_sources(step)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
@@ -75,13 +86,32 @@ def main():
     lines = [
         f"shape {args.shape}, row {args.row_tokens} tokens, checkpointing {args.checkpointing}, {torch.cuda.get_device_name()}",
         f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s); kernels {kernel_ms:.1f} ms "
-        f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step)",
+        f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step); precision {args.precision}",
+        f"host-device syncs in one step: {sum(syncs.values())}",
+        *(f"  {n:4d} x {where}" for where, n in syncs.most_common(15)),
         events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70),
     ]
     text = "\n".join(lines)
     print(text)
     with open(args.out, "w") as f:
         f.write(text)
+
+
+def sync_sources(step) -> collections.Counter:
+    """The synchronising CUDA calls of one step, counted by the Python line that made them."""
+    counts = collections.Counter()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            counts[f"{w.filename}:{w.lineno}"] += 1
+    return counts
 
 
 if __name__ == "__main__":

@@ -86,9 +86,8 @@ def causal_conv1d(
     elif kind == "fla":
         from padfree.ops.conv1d import fla_backend
 
-        cpu = torch.tensor(host_offsets, dtype=torch.long) if host_offsets is not None else None
         y, final = fla_backend.causal_conv1d(
-            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, cpu
+            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, host_offsets
         )
     else:
         raise ValueError(f"backend {kind!r} has no conv1d implementation; use 'torch', 'fla' or 'naive'.")

@@ -3,15 +3,19 @@
 FLA 0.6 exposes it as `fla.modules.causal_conv1d.causal_conv1d`; older releases as
 `fla.modules.convolution.causal_conv1d` (0.6 keeps that path as an alias). Both take x [B, T, D],
 weight [D, W], initial_state / final state [N, D, W] and return (y, final_state), the layout and
-meaning padfree's other backends use, so nothing is transposed here.
+meaning padfree's other backends use, so nothing is transposed here. The offsets FLA gets are
+padfree's cached pair for the row (`padfree.ops.fla_offsets`): one host-to-device copy per row.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from typing import Sequence
 
 import torch
+
+from padfree.ops.fla_offsets import fla_offsets
 
 
 @functools.cache
@@ -31,7 +35,7 @@ def causal_conv1d(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
-    cu_seqlens_cpu: torch.Tensor | None = None,
+    cu_seqlens_host: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """FLA's kernel with padfree's (validated) arguments; returns (y [B, T, D], final_state [N, D, W])."""
     fla_conv, params = _fla_causal_conv1d()
@@ -42,11 +46,12 @@ def causal_conv1d(
         initial_state=initial_state,
         output_final_state=output_final_state,
         activation=activation,
-        # FLA caches its varlen index helpers by tensor identity; a fresh tensor can never hit a
-        # stale entry left by an earlier batch whose cu_seqlens lived at the same address.
-        cu_seqlens=cu_seqlens.clone() if cu_seqlens is not None else None,
     )
-    if cu_seqlens_cpu is not None and "cu_seqlens_cpu" in params:  # FLA >= 0.6: saves a host sync
-        kwargs["cu_seqlens_cpu"] = cu_seqlens_cpu
+    if cu_seqlens is not None:
+        # padfree's own tensors for these offsets, never the caller's (see padfree.ops.fla_offsets)
+        device_offsets, host_offsets = fla_offsets(cu_seqlens, cu_seqlens_host)
+        kwargs["cu_seqlens"] = device_offsets
+        if "cu_seqlens_cpu" in params:  # FLA >= 0.6: builds its indices from the host copy
+            kwargs["cu_seqlens_cpu"] = host_offsets
     y, final_state = fla_conv(**kwargs)
     return y, final_state

@@ -1,10 +1,10 @@
 """Pass-through to flash-linear-attention's Triton kernels (CUDA only; FLA is imported lazily).
 
 The public signature mirrors FLA's, so this only forwards. Two details matter:
-- FLA caches its varlen index helpers by the identity of the `cu_seqlens` tensor; a caller that
-  reuses one tensor object for different offsets (or mutates it in place) would get stale
-  indices, so FLA always gets a fresh clone. It also gets the host copy of the offsets (read once
-  by validation) as `cu_seqlens_cpu`, which spares it a device-to-host sync of its own.
+- FLA caches its varlen index helpers by the identity of the `cu_seqlens` tensors. It gets
+  padfree's own pair for the row's offsets (`padfree.ops.fla_offsets`), never the caller's tensor:
+  stale indices are impossible, and every layer of a row hits FLA's cache (no per-call rebuild
+  and host-to-device copy, which would wait for the GPU).
 - FLA returns the final state in fp32 and the output in q's dtype, as the other backends do.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from padfree.ops.fla_offsets import fla_offsets
 
 
 def chunk_gated_delta_rule(
@@ -31,6 +33,9 @@ def chunk_gated_delta_rule(
     """Inputs already validated by the public function; shapes as there."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
 
+    device_offsets = host_offsets = None
+    if cu_seqlens is not None:
+        device_offsets, host_offsets = fla_offsets(cu_seqlens, cu_seqlens_host)
     return fla_chunk_gated_delta_rule(
         q,
         k,
@@ -41,6 +46,6 @@ def chunk_gated_delta_rule(
         initial_state=initial_state,
         output_final_state=output_final_state,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-        cu_seqlens=None if cu_seqlens is None else cu_seqlens.clone(),
-        cu_seqlens_cpu=None if cu_seqlens is None else torch.tensor(cu_seqlens_host, dtype=cu_seqlens.dtype),
+        cu_seqlens=device_offsets,
+        cu_seqlens_cpu=host_offsets,
     )
