@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import time
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -115,7 +116,7 @@ def equivalence(args, device, world):
     del model
     empty_cache()
     model = build(args.shape, torch.bfloat16, device)
-    runs = {"bf16 unsharded": None, **{f"bf16 sp{world} {m}": m for m in ("ulysses", "context")}}
+    runs = {"bf16 unsharded": None, **{f"bf16 sp{world} {m}": m for m in args.modes.split(",")}}
     errors = {}
     for name, mode in runs.items():
         sp = None if mode is None else SequenceParallel(dist.group.WORLD, mode=mode)
@@ -123,6 +124,7 @@ def equivalence(args, device, world):
         try:
             loss = run_step(model, batch, sp, device)
         except Exception as error:  # record and go on: the other setups still say something
+            traceback.print_exc()
             errors[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             continue
         grads = flat_grads(model)
@@ -143,7 +145,7 @@ def throughput(args, device, world):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
         (f"{world} GPUs {m}", SequenceParallel(dist.group.WORLD, mode=m), args.tokens_per_gpu * world)
-        for m in ("ulysses", "context")
+        for m in args.modes.split(",")
     ]
     results = {}
     for name, sp, tokens in setups:
@@ -212,6 +214,7 @@ def main():
     parser.add_argument("--long-start", type=int, default=65536)
     parser.add_argument("--long-max", type=int, default=1 << 20)
     parser.add_argument("--long-mode", default="ulysses")
+    parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel modes to compare")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     args = parser.parse_args()
     if torch.cuda.is_available():

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# GPU batch B (4 GPUs, run from the repository root): sequence parallelism at degree 4.
-#   RESULTS=/tmp/res BUDGET_S=560 bash benchmarks/gpu/batch_b.sh
-# The 0.8B shape: bf16 equivalence (Ulysses and context vs an fp32 unsharded reference),
-# per-GPU throughput at 4x the row vs 1 GPU, the longest row on 1 vs 4 GPUs; then the ~4B shape's
-# equivalence and throughput.
+# GPU batch B (4 GPUs, from the repository root): the Ulysses + FLA fault, sequence parallelism at
+# sp=2, and padfree bench without activation checkpointing.
+#   RESULTS=/tmp/res BUDGET_S=540 bash benchmarks/gpu/batch_b.sh
 set -u
 source benchmarks/gpu/common.sh
 versions
-SP="torchrun --nproc-per-node 4 --master-port 29521 benchmarks/bench_sequence_parallel.py"
-timed sp4_08b_eq_tp 200 $SP --shape 0.8b --out "$RESULTS/sp4_08b.jsonl" --stages equivalence,throughput --eq-tokens 8192 --tokens-per-gpu 16384
-timed sp4_08b_long 200 $SP --shape 0.8b --out "$RESULTS/sp4_08b.jsonl" --stages longest_row --long-start 65536
-timed sp4_4b 200 $SP --shape 4b --out "$RESULTS/sp4_4b.jsonl" --stages equivalence,throughput --eq-tokens 4096 --tokens-per-gpu 16384
+SP2="torchrun --nproc-per-node 2 --master-port 29512 benchmarks/bench_sequence_parallel.py --out $RESULTS/sp2.jsonl"
+(
+  CUDA_VISIBLE_DEVICES=3 CUDA_LAUNCH_BLOCKING=1 timed diag_strided_conv 60 python3 benchmarks/gpu/diag_fla_strided_conv.py
+  CUDA_VISIBLE_DEVICES=3 timed conv_fla_tests 120 python3 -m pytest -q tests/ops/test_conv1d.py -k "fla_backend or on_cuda"
+) &
+(
+  CUDA_VISIBLE_DEVICES=2 timed bench_08b_nockpt 330 python3 -m padfree.cli bench --shape 0.8b --device cuda --row-tokens 8192 --steps 6 --warmup 2 --no-gradient-checkpointing --paths upstream_packed,padfree --json "$RESULTS/bench_08b_nockpt.json"
+) &
+(
+  export CUDA_VISIBLE_DEVICES=0,1
+  timed sp2_eq_context 120 $SP2 --stages equivalence --eq-tokens 4096 --modes context
+  timed sp2_eq_ulysses 120 $SP2 --stages equivalence --eq-tokens 4096 --modes ulysses
+  grep -q '"error"' "$RESULTS/sp2.jsonl" && CUDA_LAUNCH_BLOCKING=1 timed sp2_eq_blocking 150 $SP2 --stages equivalence --eq-tokens 4096 --modes ulysses,context
+  timed sp2_tp_long 260 $SP2 --stages throughput,longest_row --tokens-per-gpu 16384
+) &
+wait
 note done

@@ -234,21 +234,27 @@ def test_torch_backend_on_cuda(dtype):
 
 @cuda
 @pytest.mark.skipif(not fla_available(), reason="needs flash-linear-attention")
+@pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fla_backend_matches_torch_backend(dtype, with_state):
+def test_fla_backend_matches_torch_backend(dtype, with_state, strided):
     # the pass-through module itself: resolve_backend may refuse "fla" on Hopper for the *gated delta*
     # backward (a Triton miscompile), which does not concern this conv kernel
     from padfree.ops.conv1d import fla_backend
 
     lengths = CASES["documents_shorter_than_W"] + CASES["arbitrary_boundaries"] * 4
     x, w, b = _inputs(lengths, dtype=dtype, device="cuda")
+    leaf = x
+    if strided:  # x as a column slice of a wider row, as Ulysses passes each rank's conv channels
+        leaf = torch.randn(*x.shape[:2], D + 5, device="cuda", dtype=dtype, requires_grad=True)
+        x = leaf[..., 3 : 3 + D]
+        assert not x.is_contiguous()
     h0 = torch.randn(len(lengths), D, W, device="cuda", dtype=dtype, requires_grad=True) if with_state else None
     cu = _cu(lengths, "cuda")
     args = (x, w, b, "silu", h0, with_state, cu)
-    y_fla, final_fla = fla_backend.causal_conv1d(*args, cu_seqlens_cpu=cu.cpu().long())
+    y_fla, final_fla = fla_backend.causal_conv1d(*args, cu_seqlens_host=cu.cpu().tolist())
     y_ref, final_ref = naive.causal_conv1d(*args)
-    params = (x, w, b, h0)
+    params = (leaf, w, b, h0)
     fla = _with_grads(y_fla, params)
     ref = _with_grads(y_ref, params)
     names = ["y", "dx", "dw", "db", "dh0"][: 5 if with_state else 4]

@@ -40,7 +40,10 @@ def causal_conv1d(
     """FLA's kernel with padfree's (validated) arguments; returns (y [B, T, D], final_state [N, D, W])."""
     fla_conv, params = _fla_causal_conv1d()
     kwargs = dict(
-        x=x,
+        # A column slice (Ulysses hands each rank's channels of a wider row) is made dense: FLA 0.6's
+        # kernel takes strided x, but such a slice hit an illegal memory access on an H200 (fwd+bwd
+        # with cu_seqlens under sequence parallelism); a dense x is what every FLA test covers.
+        x=x.contiguous(),
         weight=weight,
         bias=bias,
         initial_state=initial_state,
