@@ -94,3 +94,16 @@ def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):
     assert main(["bench", "--device", "cpu", *flags]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_unseen_shapes_picks_one_batch_per_new_shape():
+    from padfree.bench.train_step import unseen_shapes
+
+    def batch(rows, cols):
+        return {"input_ids": torch.zeros(rows, cols, dtype=torch.long)}
+
+    warm = [batch(4, 100)]
+    timed = [batch(4, 100), batch(4, 120), batch(3, 120), batch(4, 120), batch(4, 90)]
+    picked = unseen_shapes(warm, timed)
+    assert [tuple(b["input_ids"].shape) for b in picked] == [(4, 120), (3, 120), (4, 90)]
+    assert picked[0] is timed[1]  # the batches themselves, not copies

@@ -10,6 +10,9 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
 The samples are the documents of `steps + warmup` packed rows drawn from long-tailed (lognormal)
 lengths; the padded path trains exactly those documents, the warm-up rows' documents in its warm-up
 steps, so the timed real tokens are identical across paths. Only real (non-padding) tokens count.
+On CUDA every padded batch shape the warm-up did not cover also runs forward + backward once,
+untimed and without an optimizer step (`unseen_shapes`): kernels are tuned and compiled per shape,
+and that one-off cost would otherwise land in the padded path's timed steps alone.
 
 Metrics of a path:
     real_tokens_per_s    real tokens of the timed steps / their wall time (CUDA synchronised)
@@ -98,6 +101,23 @@ def _batches(path: str, workload: Workload, rows: list[list[int]]) -> list[tuple
     return [(padfree.collate([{"input_ids": workload.samples[i]} for i in row], pad_to=pad_to), pad_to) for row in rows]
 
 
+def unseen_shapes(warm: list[dict], timed: list[dict]) -> list[dict]:
+    """One timed batch per input shape that no warm-up batch has, in order of first appearance.
+
+    On CUDA the kernels (FLA's Triton autotuning, tilelang, cuBLAS heuristics) are tuned or compiled
+    once per new shape; run untimed first, these batches keep that one-off cost out of the timed
+    steps, so every path is timed in its steady state. Only the padded path has more than one shape.
+    """
+    seen = {tuple(b["input_ids"].shape) for b in warm}
+    out = []
+    for batch in timed:
+        shape = tuple(batch["input_ids"].shape)
+        if shape not in seen:
+            seen.add(shape)
+            out.append(batch)
+    return out
+
+
 def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool, patched: bool):
     """The same random init for every path: the seed is set right before construction."""
     from transformers import Qwen3_5ForCausalLM
@@ -148,6 +168,10 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
     try:
         for batch in warm:
             step(batch)
+        if device.type == "cuda":  # untimed, and no optimizer step: the weights stay as the warm-up left them
+            for batch in unseen_shapes(warm, [b for b, _ in timed]):
+                model(**batch).loss.backward()
+                optimizer.zero_grad(set_to_none=True)
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)  # params and optimizer state stay counted
