@@ -16,6 +16,7 @@ import torch
 from padfree.models.layers import (
     attention_output, attention_qkv, gdn_gate_inputs, gdn_output, gdn_projections,
 )  # fmt: skip
+from padfree.ops._backend import _warn_once, resolve_backend
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
 from padfree.parallel.comm import heads_to_seq, seq_to_heads
@@ -52,7 +53,26 @@ def _gdn_channels(
     return torch.cat(order).to(device), conv
 
 
+def ulysses_gdn_backend(backend: str, device: torch.device) -> str:
+    """The Gated DeltaNet backend under Ulysses: "auto" stays off FLA, for now.
+
+    On 2x H200 (NCCL, FLA 0.6.0 + tilelang) a Ulysses step with FLA's kernels hit a CUDA illegal
+    memory access that is not explained yet (docs/benchmarks.md, third session), while the same step
+    on padfree's torch kernels matched the unsharded run. An out-of-bounds access that does not fault
+    could corrupt silently, so "auto" picks torch here and says so once; backend="fla" overrides.
+    """
+    if backend == "auto" and resolve_backend("auto", device) == "fla":
+        _warn_once(
+            "padfree: Ulysses sequence parallelism runs Gated DeltaNet on padfree's torch kernels, not FLA's: "
+            "FLA's hit a CUDA illegal memory access there in padfree's GPU tests (unexplained yet, see "
+            "docs/benchmarks.md). Pass backend='fla' to padfree.patch to use FLA anyway."
+        )
+        return "torch"
+    return backend
+
+
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
+    backend = ulysses_gdn_backend(backend, hidden_1TC.device)
     sp = row.sp
     P, r = sp.size, sp.rank
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
