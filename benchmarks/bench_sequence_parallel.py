@@ -107,6 +107,14 @@ def emit(out, record):
             f.write(json.dumps(record) + "\n")
 
 
+def stop_if_device_lost(error, out, record):
+    """A CUDA fault (illegal address, ...) poisons the process's CUDA context: every later step fails
+    and the next collective hangs. Write what was measured and exit instead of going on."""
+    if isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error):
+        emit(out, dict(record, aborted=f"{type(error).__name__}: the CUDA context is lost; stopping"))
+        os._exit(2)
+
+
 def equivalence(args, device, world):
     batch = make_row(args.eq_tokens, VOCAB[args.shape], seed=1)
     model = build(args.shape, torch.float32, device)
@@ -126,6 +134,7 @@ def equivalence(args, device, world):
         except Exception as error:  # record and go on: the other setups still say something
             traceback.print_exc()
             errors[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            stop_if_device_lost(error, args.out, {"stage": "equivalence", "partial": errors})
             continue
         grads = flat_grads(model)
         errors[name] = {"loss_rel": abs(loss - ref_loss) / abs(ref_loss),
@@ -154,7 +163,9 @@ def throughput(args, device, world):
         try:
             run_step(model, rows[0], sp, device)
         except Exception as error:
+            traceback.print_exc()
             results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+            stop_if_device_lost(error, args.out, {"stage": "throughput", "partial": results})
             continue
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
