@@ -118,6 +118,15 @@ def rms_rel(reference, actual) -> float:
     return ((actual - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt().clamp(min=1e-300)).item()
 
 
+def compare(reference, actual) -> dict | None:
+    """RMS-relative error of loss, d(hidden), d(weight) of two `run_once` results (None if one failed)."""
+    if reference is None or actual is None:
+        return None
+    names = ("loss", "dhidden", "dweight")
+    refs, gots = (reference[0], *reference[1]), (actual[0], *actual[1])
+    return {n: rms_rel(r, g) for n, r, g in zip(names, refs, gots)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, default=16384)
@@ -153,17 +162,11 @@ def main() -> None:
     if not args.skip_full:
         full, full_result = bench("full_logits", full_logits_ce, inputs, args.repeats)
         records.append(full)
-        if full_result is not None and chunked_result is not None:
-            names = ("loss", "dhidden", "dweight")
-            refs, gots = (full_result[0], *full_result[1]), (chunked_result[0], *chunked_result[1])
-            chunked["rms_rel_error_vs_full"] = {n: rms_rel(r, g) for n, r, g in zip(names, refs, gots)}
+        chunked["rms_rel_error_vs_full"] = compare(full_result, chunked_result)
     if args.with_fla:
         fla, fla_result = bench("fla_fused", fla_fused_ce, inputs, args.repeats)
         records.append(fla)
-        if fla_result is not None and chunked_result is not None:
-            names = ("loss", "dhidden", "dweight")
-            refs, gots = (chunked_result[0], *chunked_result[1]), (fla_result[0], *fla_result[1])
-            fla["rms_rel_error_vs_chunked"] = {n: rms_rel(r, g) for n, r, g in zip(names, refs, gots)}
+        fla["rms_rel_error_vs_chunked"] = compare(chunked_result, fla_result)
     report = dict(
         shape=dict(T=args.T, H=args.H, V=args.V), dtype=args.dtype, device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -181,7 +184,7 @@ def main() -> None:
         if "chunk_rows" in r:
             extra = f"  rows={r['chunk_rows']} analytic op peak {r['analytic_op_peak_bytes'] / 2**30:.2f} GiB"
         print(f"  {r['impl']:12s} {r['time_ms_median']:9.1f} ms  peak {r['peak_gib']:7.2f} GiB{extra}")
-    if "rms_rel_error_vs_full" in chunked:
+    if chunked.get("rms_rel_error_vs_full"):
         print("  chunked vs full, RMS-relative:", {k: f"{v:.1e}" for k, v in chunked["rms_rel_error_vs_full"].items()})
 
 
