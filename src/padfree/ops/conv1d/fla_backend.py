@@ -40,9 +40,10 @@ def causal_conv1d(
     """FLA's kernel with padfree's (validated) arguments; returns (y [B, T, D], final_state [N, D, W])."""
     fla_conv, params = _fla_causal_conv1d()
     kwargs = dict(
-        # A column slice (Ulysses hands each rank's channels of a wider row) is made dense: FLA 0.6's
-        # kernel takes strided x, but such a slice hit an illegal memory access on an H200 (fwd+bwd
-        # with cu_seqlens under sequence parallelism); a dense x is what every FLA test covers.
+        # Ulysses hands a column slice (each rank's channels of a wider row). FLA 0.6 accepts
+        # strided x, and a lone strided call ran fine on an H200, but FLA's own tests cover dense x
+        # and a Ulysses step on FLA faulted there for a reason not yet found (docs/benchmarks.md):
+        # take the covered path. A no-op for the unsharded row, whose x is a projection's output.
         x=x.contiguous(),
         weight=weight,
         bias=bias,
