@@ -8,7 +8,6 @@ passed explicitly to every layer: no layer re-derives it, and no layer syncs wit
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,11 +27,6 @@ class PackedBatch:
     cu_seqlens: torch.Tensor
     cu_seqlens_host: tuple[int, ...]
     max_seqlen: int
-
-    @functools.cached_property
-    def cu_seqlens_cpu(self) -> torch.Tensor:
-        """The offsets as a host tensor (FLA's `cu_seqlens_cpu`): kernels then never read them back."""
-        return torch.tensor(self.cu_seqlens_host, dtype=torch.int32)
 
     @property
     def num_docs(self) -> int:

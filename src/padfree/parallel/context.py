@@ -42,7 +42,7 @@ def gated_deltanet_context(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
         q = keep_in_graph(q, tails)
     o_1THD, _ = chunk_gated_delta_rule(
         q, k, v, g, beta, initial_state=initial_state,
-        cu_seqlens=row.local.cu_seqlens, cu_seqlens_cpu=row.local.cu_seqlens_cpu,
+        cu_seqlens=row.local.cu_seqlens, cu_seqlens_cpu=row.local.cu_seqlens_host,
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     if initial_state is None:

@@ -88,7 +88,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
         channels=conv[r], value_heads=slice(value_heads[0], value_heads[-1] + 1),
     )  # fmt: skip
     o_1THD, _ = chunk_gated_delta_rule(
-        q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_cpu,
+        q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_host,
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group)  # [T_local, P, n * Dv]
