@@ -332,7 +332,7 @@ BAD = {
         lambda a: dict(cu_seqlens_cpu=torch.tensor([0, 10])), r"cu_seqlens_cpu \(2,\) must match cu_seqlens"
     ),
     "cu_seqlens_host_ints_mismatch": (
-        lambda a: dict(cu_seqlens_cpu=(0, 10)), r"cu_seqlens_cpu has 2 offsets but cu_seqlens has 3"
+        lambda a: dict(cu_seqlens_cpu=(0, 10)), r"cu_seqlens_cpu has 2 offsets but cu_seqlens has 4"
     ),
     "dtype_mismatch": (lambda a: dict(v=a["v"].bfloat16()), r"q, k, v must share one float dtype"),
     "integer_g": (lambda a: dict(g=torch.zeros(1, 10, 4, dtype=torch.long)), r"g must be a float tensor"),
