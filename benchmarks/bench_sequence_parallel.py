@@ -9,7 +9,8 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
 2. throughput: AdamW training steps, activation checkpointing, one GPU at L tokens per row vs all
    GPUs at P * L (the same tokens per GPU); per-GPU tokens/s ratio.
-3. longest row: doubling the row until a step runs out of memory, one GPU and P GPUs.
+3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
+   one GPU and P GPUs (--long-setups picks either).
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def throughput(args, device, world):
 def longest_row(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for name, sp in [("1 GPU", None), (f"{world} GPUs {args.long_mode}", SequenceParallel(dist.group.WORLD, mode=args.long_mode))]:
+    setups = {"single": ("1 GPU", None), "sp": (f"{world} GPUs {args.long_mode}", SequenceParallel(dist.group.WORLD, mode=args.long_mode))}
+    for name, sp in (setups[s] for s in args.long_setups.split(",")):
         padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         fits, tokens, limit = 0, args.long_start * (1 if sp is None else world), "--long-max reached"
         while tokens <= args.long_max * (1 if sp is None else world):
@@ -225,6 +227,7 @@ def main():
     parser.add_argument("--long-start", type=int, default=65536)
     parser.add_argument("--long-max", type=int, default=1 << 20)
     parser.add_argument("--long-mode", default="ulysses")
+    parser.add_argument("--long-setups", default="single,sp", help="which longest-row searches: single (1 GPU), sp")
     parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel modes to compare")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     args = parser.parse_args()
