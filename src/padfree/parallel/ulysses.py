@@ -54,18 +54,23 @@ def _gdn_channels(
 
 
 def ulysses_gdn_backend(backend: str, device: torch.device) -> str:
-    """The Gated DeltaNet backend under Ulysses: "auto" stays off FLA, for now.
+    """The Gated DeltaNet backend under Ulysses: "auto" stays off FLA until FLA is proven there.
 
-    On 2x H200 (NCCL, FLA 0.6.0 + tilelang) a Ulysses step with FLA's kernels hit a CUDA illegal
-    memory access that is not explained yet (docs/benchmarks.md, third session), while the same step
-    on padfree's torch kernels matched the unsharded run. An out-of-bounds access that does not fault
-    could corrupt silently, so "auto" picks torch here and says so once; backend="fla" overrides.
+    In the third GPU session a Ulysses step on FLA's kernels (2x H200, NCCL, FLA 0.6.0 + tilelang)
+    hit a CUDA illegal memory access. Since padfree hands FLA's conv a dense x, the fault has not
+    come back: a 4-layer repro in five variants and four full-model steps of 32,768-token rows all
+    ran (docs/benchmarks.md, fourth session). The Ulysses-on-FLA result has not yet been compared
+    with the fp32 reference, and an out-of-bounds access that does not fault would corrupt silently.
+    So "auto" picks torch here and says so once; backend="fla" overrides. Lift this once the
+    equivalence run passes.
     """
     if backend == "auto" and resolve_backend("auto", device) == "fla":
         _warn_once(
             "padfree: Ulysses sequence parallelism runs Gated DeltaNet on padfree's torch kernels, not FLA's: "
-            "FLA's hit a CUDA illegal memory access there in padfree's GPU tests (unexplained yet, see "
-            "docs/benchmarks.md). Pass backend='fla' to padfree.patch to use FLA anyway."
+            "a Ulysses step on FLA's kernels once hit a CUDA illegal memory access in padfree's GPU tests, and "
+            "its equivalence with the unsharded run is not yet verified (see docs/benchmarks.md). Pass "
+            "backend='fla' to padfree.patch to use FLA anyway (it ran without fault since), or use "
+            "mode='context', which runs on FLA and is verified."
         )
         return "torch"
     return backend
