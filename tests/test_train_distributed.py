@@ -1,6 +1,6 @@
 """`padfree train` under torchrun on CPU (gloo, FSDP2): two processes as data parallelism (dp=2) and as
-sequence parallelism (sp=2), each against the single-process run over the same rows; exact resume;
-a bad --sp-degree refused before anything is written.
+sequence parallelism (sp=2), eight as dp=2 x sp=4, each against the single-process run over the same
+rows; exact resume; a bad --sp-degree refused before anything is written.
 
 Scenarios share one reference: a single process with --grad-accum 2 trains rows (0, 1) at step 1,
 (2, 3) at step 2, ... A dp=2 run with --grad-accum 1 gives dp rank r row 2s + r, and an sp=2 run with
@@ -124,6 +124,19 @@ def test_sequence_parallel_equals_one_process(tmp_path, cache_dir, single_run):
     assert_close("loss", curve(single_run, "loss"), curve(records, "loss"), CURVE_BOUND, WHY)
     assert_close("grad_norm", curve(single_run, "grad_norm"), curve(records, "grad_norm"), CURVE_BOUND, WHY)
     AutoModelForCausalLM.from_pretrained(out / f"checkpoint-{STEPS}")
+
+
+def test_data_and_sequence_parallel_mix_equals_one_process(tmp_path, cache_dir, single_run):
+    """dp=2 x sp=4 (8 processes, FSDP2 over the flattened mesh): dp rank r takes row 2s + r and its four
+    sp ranks split it, so every step still trains rows (2s, 2s + 1) like the one-process run."""
+    out = tmp_path / "run"
+    printed = check(torchrun(*ROWS, "--grad-accum", "1", "--sp-degree", "4", "--cache-dir", cache_dir,
+                             "--output-dir", str(out), nproc=8))  # fmt: skip
+    assert "8 processes = 2 data-parallel x 4 sequence-parallel (auto)" in printed
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in single_run]
+    assert_close("loss", curve(single_run, "loss"), curve(records, "loss"), CURVE_BOUND, WHY)
+    assert_close("grad_norm", curve(single_run, "grad_norm"), curve(records, "grad_norm"), CURVE_BOUND, WHY)
 
 
 def test_bad_sp_degree_fails_before_writing(tmp_path, capsys):
