@@ -1,6 +1,11 @@
 """Where a padfree training step's time goes on the GPU: kernel table and GPU-busy fraction.
 
     python benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --out prof.txt
+    torchrun --nproc-per-node 2 benchmarks/profile_train_step.py --sp-mode context --out prof.txt
+
+Under torchrun the row is split over all processes by sequence parallelism (`--sp-mode`), each
+process keeping `--row-tokens` tokens (so the row holds world x row-tokens); rank 0 reports.
+`--device cpu` (gloo) is a smoke run of the script itself: no sync audit, CPU activity only.
 
 Prints the step time, the summed kernel time (GPU busy; the rest is host overhead or syncs), the
 host-device syncs of one step (`torch.cuda.set_sync_debug_mode`, counted by source line: each one
@@ -14,16 +19,20 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import time
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import padfree
 from padfree.bench.shapes import shape_config
 from padfree.corpus import lognormal_lengths
+from padfree.loss import count_trained_tokens
+from padfree.parallel import SequenceParallel, reduce_gradients, shard_batch
 from padfree.tiny import _realistic_gates
 
 
@@ -33,9 +42,15 @@ def main():
     parser.add_argument("--row-tokens", type=int, default=8192)
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
+    parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
+    parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device, sp = setup(args.device, args.sp_mode)
+    world = 1 if sp is None else sp.size
+    cuda = device.type == "cuda"
     torch.manual_seed(0)
     from transformers import Qwen3_5ForCausalLM
 
@@ -47,54 +62,87 @@ def main():
     model = (model if mixed else model.to(torch.bfloat16)).train()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    padfree.patch(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-    lengths = [int(n) for n in lognormal_lengths(64, median=600, sigma=1.0, max_len=args.row_tokens, seed=0)]
+    padfree.patch(model, backend=args.backend, sequence_parallel=sp)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda)
+    row_tokens = args.row_tokens * world
+    lengths = [int(n) for n in lognormal_lengths(64 * world, median=600, sigma=1.0, max_len=row_tokens, seed=0)]
     g = torch.Generator().manual_seed(0)
     samples, total = [], 0
     for n in lengths:
-        n = min(n, args.row_tokens - total)
+        n = min(n, row_tokens - total)
         if n > 0:
             samples.append({"input_ids": torch.randint(3, config.vocab_size, (n,), generator=g)})
             total += n
-    batch = padfree.collate(samples, pad_to=args.row_tokens)
+    batch = padfree.collate(samples, pad_to=row_tokens)
+    kwargs = {}
+    if sp is not None:
+        kwargs["num_items_in_batch"] = count_trained_tokens(batch["labels"])
+        batch = shard_batch(batch, sp)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
-            loss = model(**batch).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
+            loss = model(**batch, **kwargs).loss
         loss.backward()
+        if sp is not None:
+            reduce_gradients(model, sp.group)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(3):
+    for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     steps = 3
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     step_ms = (time.perf_counter() - start) / steps * 1e3
-    syncs = sync_sources(step)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    syncs = sync_sources(step) if cuda else collections.Counter()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         step()
-        torch.cuda.synchronize()
+        synchronize(device)
     events = prof.key_averages()
     # kernels only: the aten ops that launch them report the same time again as their own self time
     kernel_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    parallel = "" if sp is None else f", {world} ranks {sp.layer_modes or args.sp_mode} ({world * args.row_tokens}-token row)"
     lines = [
-        f"shape {args.shape}, row {args.row_tokens} tokens, checkpointing {args.checkpointing}, {torch.cuda.get_device_name()}",
-        f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s); kernels {kernel_ms:.1f} ms "
+        f"shape {args.shape}, {args.row_tokens} tokens per rank{parallel}, checkpointing {args.checkpointing}, "
+        f"backend {args.backend}, {name}",
+        f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s per rank); kernels {kernel_ms:.1f} ms "
         f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step); precision {args.precision}",
         f"host-device syncs in one step: {sum(syncs.values())}",
         *(f"  {n:4d} x {where}" for where, n in syncs.most_common(15)),
-        events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70),
+        events.table(sort_by=sort_by, row_limit=40, max_name_column_width=70),
     ]
     text = "\n".join(lines)
-    print(text)
-    with open(args.out, "w") as f:
-        f.write(text)
+    if sp is None or dist.get_rank() == 0:
+        print(text)
+        with open(args.out, "w") as f:
+            f.write(text)
+    if sp is not None:
+        dist.destroy_process_group()
+
+
+def setup(device_name: str, sp_mode: str):
+    """(device, SequenceParallel over all processes or None): torchrun sets WORLD_SIZE."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return torch.device(device_name), None
+    cuda = device_name == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return device, SequenceParallel(dist.group.WORLD, mode=sp_mode)
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def sync_sources(step) -> collections.Counter:
