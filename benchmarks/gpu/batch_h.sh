@@ -25,4 +25,5 @@ PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpo
   CUDA_VISIBLE_DEVICES=3 timed prof_ckpt_8k 200 python3 benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --checkpointing --out "$RESULTS/prof_ckpt_8k.txt"
 ) &
 wait
+save_kernel_cache "${OUT:-/tmp}/kernel-cache.tgz"
 note done

@@ -3,6 +3,12 @@
 export PYTHONPATH=$PWD/src:$PWD:$HOME/gpu-b:$HOME/gpu-a PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the lender's rule
 export TOKENIZERS_PARALLELISM=false
+# Kernel caches in the checkout, not $HOME: a fresh machine spends 2-3 minutes per FLA mode in
+# Triton autotuning (FLA keeps the winners on disk, FLA_CACHE_RESULTS) and tilelang compiles. A
+# folder saved by an earlier machine (save_kernel_cache) and carried back as .kernel-cache/ (the
+# device tool's `carry`; git ignores it) skips that; the same machine keeps it between calls anyway.
+export TRITON_CACHE_DIR=$PWD/.kernel-cache/triton TILELANG_CACHE_DIR=$PWD/.kernel-cache/tilelang
+mkdir -p "$TRITON_CACHE_DIR" "$TILELANG_CACHE_DIR"
 mkdir -p "$RESULTS"
 DEADLINE=$(( $(date +%s) + BUDGET_S ))
 note() { echo "[$(date +%T)] $*" | tee -a "$RESULTS/timeline.txt"; }
@@ -21,4 +27,14 @@ timed() {
 versions() {
   nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$RESULTS/gpus.csv" 2>&1
   python3 -c "import torch, transformers, triton, fla; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" > "$RESULTS/versions.txt" 2>&1
+}
+# save_kernel_cache FILE [MAX_MB]: tar .kernel-cache/ into FILE (under $OUT) when it packs to at most
+# MAX_MB (default 60: it must fit the device tool's 64 MiB carry next time); its size goes to RESULTS.
+save_kernel_cache() {
+  local file=$1 max_mb=${2:-60}
+  du -sh .kernel-cache/* > "$RESULTS/kernel_cache_size.txt" 2>&1
+  tar czf /tmp/kernel-cache.tgz .kernel-cache
+  local mb=$(( $(stat -c %s /tmp/kernel-cache.tgz) / 1048576 ))
+  echo "packed: ${mb} MB" >> "$RESULTS/kernel_cache_size.txt"
+  if (( mb <= max_mb )); then cp /tmp/kernel-cache.tgz "$file"; fi
 }
