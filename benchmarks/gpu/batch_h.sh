@@ -5,7 +5,8 @@
 # Lane GPU0,1: Ulysses on FLA against the fp32 reference (lifts the auto -> torch rule if it passes),
 #   then a profile of one context-parallel and one Ulysses step on FLA after a long warm-up.
 # Lane GPU2: the 1-GPU profile with the same tokens per GPU (the baseline of those profiles).
-# Lane GPU3: the 1-GPU profile with activation checkpointing (its step grows more than upstream's).
+# Lane GPU3: the 1-GPU profile with activation checkpointing (its step grows more than upstream's),
+#   then padfree with and without compile_elementwise side by side (`padfree bench`, same process).
 set -u
 source benchmarks/gpu/common.sh
 versions
@@ -23,6 +24,7 @@ PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpo
 ) &
 (
   CUDA_VISIBLE_DEVICES=3 timed prof_ckpt_8k 200 python3 benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --checkpointing --out "$RESULTS/prof_ckpt_8k.txt"
+  CUDA_VISIBLE_DEVICES=3 timed bench_compiled 300 python3 -m padfree.cli bench --shape 0.8b --device cuda --no-gradient-checkpointing --steps 6 --warmup 3 --paths padfree,padfree_compiled --json "$RESULTS/bench_compiled.json"
 ) &
 wait
 save_kernel_cache "${OUT:-/tmp}/kernel-cache.tgz"

@@ -99,9 +99,10 @@ def _sequence_parallel(model, device: torch.device) -> str:
     )
 
 
-def packed_vs_per_document(model, lengths: list[int], device: torch.device) -> list[float]:
+def packed_vs_per_document(model, lengths: list[int], device: torch.device, **patch_settings) -> list[float]:
     """Per document of `lengths` (random tokens): RMS-relative logits error of the patched model's packed
-    row against the unpatched model on the document alone. Used by `padfree check` and `padfree bench`."""
+    row (padfree.patch with `patch_settings`) against the unpatched model on the document alone. Used by
+    `padfree check` and `padfree bench`."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
     docs = [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
@@ -113,7 +114,7 @@ def packed_vs_per_document(model, lengths: list[int], device: torch.device) -> l
     finally:
         hf_logging.set_verbosity(verbosity)
     with torch.no_grad():
-        padfree.patch(model)
+        padfree.patch(model, **patch_settings)
         try:
             batch = padfree.collate([{"input_ids": d} for d in docs])
             batch.pop("labels")

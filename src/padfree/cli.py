@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
-    from padfree.bench import PATHS, SHAPES
+    from padfree.bench import DEFAULT_PATHS, PATHS, SHAPES
 
     bench.add_argument("--shape", choices=SHAPES, default="tiny", help="random-weight model shape (default: tiny)")
     bench.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available")
@@ -104,7 +104,8 @@ def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--row-tokens", type=int, help="tokens per packed row (default: 8192 on CUDA, 2048 on CPU)")
     bench.add_argument("--steps", type=int, default=5, help="timed rows per path (default: 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed rows per path before timing (default: 2)")
-    bench.add_argument("--paths", default=",".join(PATHS), help="comma list (default: %(default)s)")
+    bench.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                       help=f"comma list of {', '.join(PATHS)} (default: %(default)s)")  # fmt: skip
     bench.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                        help="activation checkpointing for every path (default: on)")  # fmt: skip
     bench.add_argument("--median-len", type=float, default=300.0, help="median of the lognormal sample lengths")

@@ -9,6 +9,6 @@ packed == per-document check run before timing), run (the report).
 
 from padfree.bench.run import BenchSettings, run_bench
 from padfree.bench.shapes import SHAPES, shape_config
-from padfree.bench.train_step import PATHS
+from padfree.bench.train_step import DEFAULT_PATHS, PATHS
 
-__all__ = ["PATHS", "SHAPES", "BenchSettings", "run_bench", "shape_config"]
+__all__ = ["DEFAULT_PATHS", "PATHS", "SHAPES", "BenchSettings", "run_bench", "shape_config"]

@@ -4,7 +4,8 @@ On the document lengths of one benchmark row (the one with the most documents), 
 shape, device and dtype:
     padfree          `padfree.check`'s comparison: the patched model's packed row against the unpatched
                      model run on each document alone; the max RMS-relative logits error must stay within
-                     the bound below, else the bench stops (exit 1).
+                     the bound below, else the bench stops (exit 1). Run once per padfree path the
+                     bench times, with that path's patch settings (`padfree_compiled`: compiled norms).
     upstream packed  the same comparison with the model left unpatched (transformers' cu_seq_lens_* path):
                      its refusal, or its error, flagged as mixing documents above the same bound. It only
                      labels upstream's numbers; it never stops the bench.
@@ -74,9 +75,12 @@ def _upstream_packed(model, docs: list[torch.Tensor], device: torch.device, boun
 
 
 def correctness_gate(
-    config, lengths: list[int], device: torch.device, dtype: torch.dtype, seed: int, init_std: float
+    config, lengths: list[int], device: torch.device, dtype: torch.dtype, seed: int, init_std: float,
+    patches: dict[str, dict] | None = None,
 ) -> dict:
-    """Both comparisons on a fresh model of `config` (weights drawn with std `init_std`); `passed` is padfree's."""
+    """Both comparisons on a fresh model of `config` (weights drawn with std `init_std`). `patches`: the
+    padfree paths to check, each with its padfree.patch settings (default: "padfree" alone); `passed`
+    and `max_error` cover all of them, `errors` gives each path's."""
     from transformers import Qwen3_5ForCausalLM
 
     gate_config = copy.deepcopy(config)
@@ -89,12 +93,14 @@ def correctness_gate(
         rounding = 0.0 if dtype == torch.float32 else _rounding_error(model, docs, device)
         if ROUNDING_MARGIN * rounding > bound:
             bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x upstream's own rounding error here"
-        worst = max(packed_vs_per_document(model, lengths, device))
+        errors = {path: max(packed_vs_per_document(model, lengths, device, **settings))
+                  for path, settings in (patches or {"padfree": {}}).items()}  # fmt: skip
         upstream = _upstream_packed(model, docs, device, bound)
     finally:
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return {"lengths": lengths, "init_std": init_std, "max_error": worst, "bound": bound, "bound_reason": why,
-            "rounding_error": rounding, "passed": worst <= bound, "upstream_packed": upstream}  # fmt: skip
+    worst = max(errors.values())
+    return {"lengths": lengths, "init_std": init_std, "max_error": worst, "errors": errors, "bound": bound,
+            "bound_reason": why, "rounding_error": rounding, "passed": worst <= bound, "upstream_packed": upstream}  # fmt: skip

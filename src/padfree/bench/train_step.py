@@ -6,6 +6,9 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
                      with an attention_mask (the usual HF Trainer setup)
     upstream_packed  the unpatched model on padfree.collate's rows (transformers' own cu_seq_lens_* path)
     padfree          the patched model on the same rows
+    padfree_compiled the same, patched with compile_elementwise=True (padfree.models.compiled): its
+                     norms and MLPs under torch.compile; compiled in the warm-up steps. Not in the
+                     default paths until its GPU speed-up is measured (`--paths` adds it).
 
 The samples are the documents of `steps + warmup` packed rows drawn from long-tailed (lognormal)
 lengths; the padded path trains exactly those documents, the warm-up rows' documents in its warm-up
@@ -37,7 +40,10 @@ from padfree.corpus import lognormal_lengths
 from padfree.packing import pack
 from padfree.train.metrics import mfu, peak_bf16_flops
 
-PATHS = ("upstream_padded", "upstream_packed", "padfree")
+PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled")
+DEFAULT_PATHS = PATHS[:3]
+# padfree.patch's settings of each padfree path (the other paths stay unpatched)
+PATCH_SETTINGS = {"padfree": {}, "padfree_compiled": {"compile_elementwise": True}}
 # The issue's baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
 # which pads more; 4 is the kinder baseline for upstream.
 PADDED_BATCH = 4
@@ -118,15 +124,17 @@ def unseen_shapes(warm: list[dict], timed: list[dict]) -> list[dict]:
     return out
 
 
-def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool, patched: bool):
-    """The same random init for every path: the seed is set right before construction."""
+def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool,
+                patch: dict | None):  # fmt: skip
+    """The same random init for every path: the seed is set right before construction. `patch`:
+    padfree.patch's settings, or None for the unpatched model."""
     from transformers import Qwen3_5ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen3_5ForCausalLM(config).to(device=device, dtype=dtype).train()
     model.config.use_cache = False  # training: no KV / recurrent-state cache
-    if patched:
-        padfree.patch(model)
+    if patch is not None:
+        padfree.patch(model, **patch)
     if checkpointing:
         # Non-reentrant: recomputes each layer with the same kwargs, padfree's packed metadata included.
         kwargs = {"use_reentrant": False}
@@ -155,7 +163,7 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
     timed = [(_to(b, device), slots) for b, slots in _batches(path, workload, workload.rows[workload.warmup :])]
     lengths = workload.lengths(workload.rows[workload.warmup :])
     real, slots, num_steps = sum(lengths), sum(s for _, s in timed), len(timed)
-    model = build_model(config, seed, device, dtype, checkpointing, patched=path == "padfree")
+    model = build_model(config, seed, device, dtype, checkpointing, PATCH_SETTINGS.get(path))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
 
     def step(batch):

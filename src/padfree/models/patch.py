@@ -15,6 +15,7 @@ import transformers
 from packaging.version import Version
 
 from padfree.models.causal_lm import PACKED_KWARG, packed_causal_lm_forward
+from padfree.models import compiled
 from padfree.models.layers import attention_packed, gated_deltanet_packed
 from padfree.parallel.layers import sharded_mixer
 from padfree.parallel.mesh import SequenceParallel
@@ -84,6 +85,7 @@ def patch(
     attention_backend: str = "auto",
     fused_loss: bool = True,
     sequence_parallel: SequenceParallel | None = None,
+    compile_elementwise: bool = False,
 ) -> torch.nn.Module:
     """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
 
@@ -94,6 +96,8 @@ def patch(
     sequence_parallel: split each packed row over these ranks (padfree.parallel); batches must then
                        come from `padfree.parallel.shard_batch`. Its mode is checked against the
                        model's heads here, before any compute.
+    compile_elementwise: `torch.compile` the RMSNorms, gated RMSNorms and MLPs (padfree.models.compiled);
+                       off by default until its GPU speed-up is measured. The first step compiles.
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
@@ -121,7 +125,10 @@ def patch(
     inner.forward = functools.wraps(upstream)(
         functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss, sequence_parallel)
     )
-    settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss)
+    if compile_elementwise:
+        compiled.compile_elementwise(inner)
+    settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss,
+                    compile_elementwise=compile_elementwise)  # fmt: skip
     setattr(inner, _MARK, dict(settings, sequence_parallel=sequence_parallel))
     return model
 
@@ -133,6 +140,7 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
         module.__dict__.pop("forward", None)
     inner.__dict__.pop("forward", None)
     inner.__dict__.pop(_MARK, None)
+    compiled.uncompile_elementwise(inner)
     return model
 
 

@@ -1,0 +1,54 @@
+"""`torch.compile` of the elementwise modules around the kernels (opt-in: `patch(compile_elementwise=True)`).
+
+Why: between the matmuls and the varlen kernels, a Qwen3.5 layer runs its RMSNorms (in fp32, with
+casts in and out), the gated RMSNorm of the Gated DeltaNet output and the SwiGLU product of the
+MLP as chains of small eager ops, each reading and writing the whole [T, C] activation. The third
+GPU session's profile (docs/benchmarks.md) put elementwise multiplies and copies at 49 of 186 ms of
+kernel time per step. Inductor fuses each chain into a few kernels, forward and backward; nothing
+here is written by hand, so the numbers are upstream's own formulas.
+
+What is compiled: the instance `forward` of every text module whose class is a family's RMSNorm,
+RMSNormGated or MLP (an MLP only while its projections are plain `nn.Linear`, i.e. not wrapped by
+peft). Dynamo traces module instances of one class into one shared graph (the weights are graph
+inputs), so the 24 layers of a 0.8B model compile each class once per input shape; padfree's static
+row shapes keep that to one shape. Like every padfree patch it is set on instances and `unpatch`
+removes it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Class-name endings of the modules compiled (Qwen3_5*, Qwen3_5Moe*, Qwen3Next* share them).
+COMPILED_SUFFIXES = ("RMSNorm", "RMSNormGated", "MLP")
+_MARK = "_padfree_compiled"
+# torch.compile's backend; tests swap in "aot_eager" (same graphs, no C++/Triton code generation).
+COMPILE_BACKEND = "inductor"
+
+
+def _is_compiled_kind(module: torch.nn.Module) -> bool:
+    name = type(module).__name__
+    if not name.endswith(COMPILED_SUFFIXES) or "Vision" in name:
+        return False
+    if name.endswith("MLP"):
+        projections = [getattr(module, p, None) for p in ("gate_proj", "up_proj", "down_proj")]
+        return all(type(p) is torch.nn.Linear for p in projections)
+    return True
+
+
+def compile_elementwise(model: torch.nn.Module) -> int:
+    """Compile the selected modules' forwards in place; returns how many modules were compiled."""
+    count = 0
+    for module in model.modules():
+        if _is_compiled_kind(module):
+            module.forward = torch.compile(type(module).forward.__get__(module), backend=COMPILE_BACKEND)
+            setattr(module, _MARK, True)
+            count += 1
+    return count
+
+
+def uncompile_elementwise(model: torch.nn.Module) -> None:
+    """Undo `compile_elementwise` (a no-op where nothing was compiled)."""
+    for module in model.modules():
+        if module.__dict__.pop(_MARK, False):
+            module.__dict__.pop("forward", None)
