@@ -92,7 +92,8 @@ def _sequence_parallel(model, device: torch.device) -> str:
     backends = [name for name, ok in (("nccl", dist.is_nccl_available()), ("gloo", dist.is_gloo_available())) if ok]
     kernels = ""
     if resolve_backend("auto", device) == "fla":  # see padfree.parallel.ulysses.ulysses_gdn_backend
-        kernels = "; Ulysses layers run Gated DeltaNet on torch kernels with backend='auto' (Ulysses on FLA is not yet verified on GPUs)"
+        kernels = ("; Ulysses layers run Gated DeltaNet on torch kernels with backend='auto' "
+                   "(Ulysses on FLA is not yet verified on GPUs)")
     return (
         f"Ulysses at degrees {ulysses_degrees(model.config)}, context parallelism at any degree "
         f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}{kernels}"
