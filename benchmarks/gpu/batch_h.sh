@@ -15,7 +15,7 @@ PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpo
 (
   export CUDA_VISIBLE_DEVICES=0,1
   R="torchrun --nproc-per-node 2 --master-port 29581"
-  timed sp2_eq_ulysses_fla 300 $R $SP --out "$RESULTS/sp2_eq.jsonl" --stages equivalence --eq-tokens 4096 --backend fla --modes ulysses
+  timed sp2_eq_ulysses_fla 240 $R $SP --out "$RESULTS/sp2_eq.jsonl" --stages equivalence --eq-tokens 4096 --backend fla --modes ulysses
   timed prof_context 150 $R $PROF --sp-mode context --out "$RESULTS/prof_context.txt"
   timed prof_ulysses 120 $R $PROF --sp-mode ulysses --out "$RESULTS/prof_ulysses.txt"
 ) &
