@@ -193,8 +193,9 @@ def throughput(args, device, world):
 def longest_row(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    setups = {"single": ("1 GPU", None), "sp": (f"{world} GPUs {args.long_mode}", SequenceParallel(dist.group.WORLD, mode=args.long_mode))}
-    for name, sp in (setups[s] for s in args.long_setups.split(",")):
+    for setup in args.long_setups.split(","):
+        sp = None if setup == "single" else SequenceParallel(dist.group.WORLD, mode=args.long_mode)
+        name = "1 GPU" if sp is None else f"{world} GPUs {args.long_mode}"
         padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         fits, tokens, limit = 0, args.long_start * (1 if sp is None else world), "--long-max reached"
         while tokens <= args.long_max * (1 if sp is None else world):
@@ -231,6 +232,8 @@ def main():
     parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel modes to compare")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     args = parser.parse_args()
+    if not set(args.long_setups.split(",")) <= {"single", "sp"}:
+        parser.error(f"--long-setups {args.long_setups}: a comma list of single, sp")
     if torch.cuda.is_available():
         dist.init_process_group("nccl")
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -10,9 +10,9 @@ here is written by hand, so the numbers are upstream's own formulas.
 What is compiled: the instance `forward` of every text module whose class is a family's RMSNorm,
 RMSNormGated or MLP (an MLP only while its projections are plain `nn.Linear`, i.e. not wrapped by
 peft). Dynamo traces module instances of one class into one shared graph (the weights are graph
-inputs), so the 24 layers of a 0.8B model compile each class once per input shape; padfree's static
-row shapes keep that to one shape. Like every padfree patch it is set on instances and `unpatch`
-removes it.
+inputs), so the 24 layers of a 0.8B model compile each class once per input shape (the hidden-size
+norms and the per-head q/k norms are two), not once per layer; padfree's static row lengths keep
+the row dimension fixed. Like every padfree patch it is set on instances and `unpatch` removes it.
 """
 
 from __future__ import annotations
@@ -36,15 +36,12 @@ def _is_compiled_kind(module: torch.nn.Module) -> bool:
     return True
 
 
-def compile_elementwise(model: torch.nn.Module) -> int:
-    """Compile the selected modules' forwards in place; returns how many modules were compiled."""
-    count = 0
+def compile_elementwise(model: torch.nn.Module) -> None:
+    """Compile the selected modules' forwards in place."""
     for module in model.modules():
         if _is_compiled_kind(module):
             module.forward = torch.compile(type(module).forward.__get__(module), backend=COMPILE_BACKEND)
             setattr(module, _MARK, True)
-            count += 1
-    return count
 
 
 def uncompile_elementwise(model: torch.nn.Module) -> None:
