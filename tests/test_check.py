@@ -42,13 +42,3 @@ def test_check_fails_when_a_layer_ignores_document_boundaries(op, monkeypatch, c
 def test_check_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["check", "--model", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
-
-
-def test_check_says_when_ulysses_keeps_gdn_off_fla(monkeypatch):
-    import padfree.check as check
-    from padfree.tiny import causal_lm_class, tiny_config
-
-    model = causal_lm_class("qwen3_5")(tiny_config("qwen3_5"))
-    assert "torch kernels" not in check._sequence_parallel(model, torch.device("cpu"))
-    monkeypatch.setattr(check, "resolve_backend", lambda backend, device: "fla")  # as on a GPU with FLA
-    assert "Ulysses layers run Gated DeltaNet on torch kernels" in check._sequence_parallel(model, torch.device("cpu"))

@@ -107,3 +107,20 @@ def test_bench_gates_and_times_the_compiled_path(tmp_path, capsys):
     results = {r["path"]: r for r in report["results"]}
     assert results["padfree_compiled"]["real_tokens"] == results["padfree"]["real_tokens"] > 0
     assert "padfree_compiled: max RMS-relative logits error" in capsys.readouterr().out
+
+
+def test_train_flag_compiles_and_gives_the_same_steps(tmp_path, monkeypatch):
+    from padfree.train.metrics import read_metrics
+
+    args = ["train", "--max-tokens", "256", "--max-steps", "2", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--output-dir", str(tmp_path / "eager")]) == 0
+    compiled_models = []
+    real_compile = compiled.compile_elementwise
+    monkeypatch.setattr(compiled, "compile_elementwise", lambda model: (compiled_models.append(model), real_compile(model)))
+    counters.clear()
+    assert main([*args, "--compile-elementwise", "--output-dir", str(tmp_path / "compiled")]) == 0
+    assert len(compiled_models) == 1 and counters["stats"]["calls_captured"] > 0
+    eager, compiled_run = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("eager", "compiled"))
+    assert len(compiled_run) == 2
+    assert [r["loss"] for r in compiled_run] == pytest.approx([r["loss"] for r in eager], abs=1e-6)
+    assert [r["grad_norm"] for r in compiled_run] == pytest.approx([r["grad_norm"] for r in eager], rel=1e-5)

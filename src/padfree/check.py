@@ -81,7 +81,7 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     return f"Gated DeltaNet {gdn}{why}, attention {attention.resolve_attention_backend('auto', probe)}"
 
 
-def _sequence_parallel(model, device: torch.device) -> str:
+def _sequence_parallel(model) -> str:
     """What padfree.parallel can do for this model here (the degrees are the model's, not this machine's)."""
     import torch.distributed as dist
 
@@ -90,13 +90,9 @@ def _sequence_parallel(model, device: torch.device) -> str:
     if not dist.is_available():
         return "unavailable (this PyTorch has no torch.distributed)"
     backends = [name for name, ok in (("nccl", dist.is_nccl_available()), ("gloo", dist.is_gloo_available())) if ok]
-    kernels = ""
-    if resolve_backend("auto", device) == "fla":  # see padfree.parallel.ulysses.ulysses_gdn_backend
-        kernels = ("; Ulysses layers run Gated DeltaNet on torch kernels with backend='auto' "
-                   "(Ulysses on FLA is not yet verified on GPUs)")
     return (
         f"Ulysses at degrees {ulysses_degrees(model.config)}, context parallelism at any degree "
-        f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}{kernels}"
+        f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}"
     )
 
 
@@ -159,7 +155,7 @@ def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto
     print(f"  backends picked by auto: {_backends(loaded, target, torch_dtype)}", file=out)
     params = sum(p.numel() for p in loaded.parameters())
     print(f"  model: {name} ({type(loaded).__name__}, {params / 1e6:.1f}M params)", file=out)
-    print(f"  sequence parallelism: {_sequence_parallel(loaded, target)}", file=out)
+    print(f"  sequence parallelism: {_sequence_parallel(loaded)}", file=out)
     errors = packed_vs_per_document(loaded, lengths, target)
     worst = max(range(len(errors)), key=lambda i: errors[i])
     bound, why = BOUNDS[torch_dtype]

@@ -44,6 +44,8 @@ _HELP = {
     "device": " | ".join(DEVICES) + " (default: auto)",
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
+    "compile_elementwise": "torch.compile the RMSNorms and MLPs around the kernels; the first step compiles "
+    "(GPU: +8%% tokens/s, -28%% peak memory on the 0.8B shape, docs/benchmarks.md; off by default)",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
@@ -56,7 +58,7 @@ _HELP = {
     "resume": "continue from a checkpoint folder, or from an output dir's newest complete checkpoint",
     "overwrite": "replace a previous run's checkpoints and metrics in --output-dir (demo: on by default)",
 }
-_BOOLS = ("gradient_checkpointing", "tensorboard", "overwrite")
+_BOOLS = ("gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")

@@ -83,18 +83,3 @@ def test_bad_degree_fails_at_setup_with_the_degrees_that_work():
     assert resolve_modes(config, 8, "context") == {"attention": "context", "gdn": "context"}
     with pytest.raises(ValueError, match="mode 'ring' is not one of"):
         resolve_modes(config, 2, "ring")
-
-
-def test_ulysses_keeps_auto_off_fla_with_one_warning(monkeypatch):
-    import padfree.parallel.ulysses as ulysses
-    from padfree.ops import _backend
-
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(ulysses, "resolve_backend", lambda backend, device: "fla")  # as on a GPU with FLA
-    _backend._warn_once.cache_clear()
-    with pytest.warns(RuntimeWarning, match="illegal memory access"):
-        assert ulysses.ulysses_gdn_backend("auto", cuda) == "torch"
-    assert ulysses.ulysses_gdn_backend("fla", cuda) == "fla"  # an explicit choice is kept
-    assert ulysses.ulysses_gdn_backend("torch", cuda) == "torch"
-    monkeypatch.setattr(ulysses, "resolve_backend", lambda backend, device: "torch")  # CPU, or no FLA
-    assert ulysses.ulysses_gdn_backend("auto", torch.device("cpu")) == "auto"

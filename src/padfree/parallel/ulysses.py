@@ -16,7 +16,6 @@ import torch
 from padfree.models.layers import (
     attention_output, attention_qkv, gdn_gate_inputs, gdn_output, gdn_projections,
 )  # fmt: skip
-from padfree.ops._backend import _warn_once, resolve_backend
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
 from padfree.parallel.comm import heads_to_seq, seq_to_heads
@@ -53,38 +52,17 @@ def _gdn_channels(
     return torch.cat(order).to(device), conv
 
 
-def ulysses_gdn_backend(backend: str, device: torch.device) -> str:
-    """The Gated DeltaNet backend under Ulysses: "auto" stays off FLA until FLA is proven there.
-
-    In the third GPU session a Ulysses step on FLA's kernels (2x H200, NCCL, FLA 0.6.0 + tilelang)
-    hit a CUDA illegal memory access. Since padfree hands FLA's conv a dense x, the fault has not
-    come back: a 4-layer repro in five variants and four full-model steps of 32,768-token rows all
-    ran (docs/benchmarks.md, fourth session). The Ulysses-on-FLA result has not yet been compared
-    with the fp32 reference, and an out-of-bounds access that does not fault would corrupt silently.
-    So "auto" picks torch here and says so once; backend="fla" overrides. Lift this once the
-    equivalence run passes.
-    """
-    if backend == "auto" and resolve_backend("auto", device) == "fla":
-        _warn_once(
-            "padfree: Ulysses sequence parallelism runs Gated DeltaNet on padfree's torch kernels, not FLA's: "
-            "a Ulysses step on FLA's kernels once hit a CUDA illegal memory access in padfree's GPU tests, and "
-            "its equivalence with the unsharded run is not yet verified (see docs/benchmarks.md). Pass "
-            "backend='fla' to padfree.patch to use FLA anyway (it ran without fault since), or use "
-            "mode='context', which runs on FLA and is verified."
-        )
-        return "torch"
-    return backend
-
-
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
-    backend = ulysses_gdn_backend(backend, hidden_1TC.device)
     sp = row.sp
     P, r = sp.size, sp.rank
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
     H, HV = module.num_k_heads, module.num_v_heads
     order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
     local = torch.cat([mixed_qkv[0], b_1TH[0].to(mixed_qkv.dtype), a_1TH[0].to(mixed_qkv.dtype)], dim=-1)
-    row_TC = seq_to_heads(local[:, order].unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
+    # index_select, not local[:, order]: advanced indexing's backward is a deterministic index_put
+    # (sort + accumulate) that took 20 ms per layer on a 16k-token shard (H200 profile, fifth session,
+    # docs/benchmarks.md), 40% of the step; index_select's backward is one index_add_.
+    row_TC = seq_to_heads(local.index_select(1, order).unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
     value_heads = _heads_of_rank(r, P, HV)
     n = len(value_heads)
     mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)

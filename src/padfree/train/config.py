@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"  # Gated DeltaNet kernels (padfree.patch backend=)
     attention_backend: str = "auto"
+    compile_elementwise: bool = False  # torch.compile the norms and MLPs (padfree.patch compile_elementwise=)
     # Under torchrun: ranks per sequence-parallel group, which split each packed row's tokens; the
     # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
     sp_degree: int = 1
@@ -76,7 +77,7 @@ DEMO_PRESET = dict(lr=3e-3, max_steps=60, warmup_steps=5, log_every=5, save_ever
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _FLOATS = {"lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha"}
-_BOOLS = {"gradient_checkpointing", "tensorboard", "overwrite"}
+_BOOLS = {"gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite"}
 _INTS = {"max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed",
          "lora_rank", "save_every", "keep_last", "log_every", "sp_degree"}  # fmt: skip
 # Settings that change the loss curve; a resume that changes one no longer matches the original run.

@@ -181,7 +181,8 @@ def prepare_model(
         base = Path(config.model) if config.model is not None else demo_base_dir(config)
         model.name_or_path = str(base.resolve())
         model = _add_lora(model, config, resume_from)
-    settings = dict(backend=config.backend, attention_backend=config.attention_backend)
+    settings = dict(backend=config.backend, attention_backend=config.attention_backend,
+                    compile_elementwise=config.compile_elementwise)  # fmt: skip
     if sequence_parallel is not None:
         settings["sequence_parallel"] = sequence_parallel
     try:
