@@ -29,5 +29,5 @@ PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpo
   CUDA_VISIBLE_DEVICES=3 timed bench_compiled 300 python3 -m padfree.cli bench --shape 0.8b --device cuda --no-gradient-checkpointing --steps 6 --warmup 3 --paths upstream_packed,padfree,padfree_compiled --json "$RESULTS/bench_compiled.json"
 ) &
 wait
-save_kernel_cache "${OUT:-/tmp}/kernel-cache.tgz"
+save_kernel_cache "${OUT:-/tmp}/tilelang-cache.tgz"
 note done

@@ -13,5 +13,5 @@ timed sp4_4b_eq 240 $R $SP --shape 4b --out "$RESULTS/sp4_4b.jsonl" --stages equ
 timed sp4_08b_tp_fla 200 $R $SP --shape 0.8b --out "$RESULTS/sp4_08b.jsonl" --stages throughput --tokens-per-gpu 16384 --backend fla --modes ulysses,context --warmup 3
 timed sp4_4b_long 240 $R $SP --shape 4b --out "$RESULTS/sp4_4b.jsonl" --stages longest_row --long-start 65536 --long-mode context
 timed sp4_08b_long_ulysses 240 $R $SP --shape 0.8b --out "$RESULTS/sp4_08b.jsonl" --stages longest_row --long-start 262144 --long-mode ulysses --long-setups sp
-save_kernel_cache "${OUT:-/tmp}/kernel-cache.tgz"
+save_kernel_cache "${OUT:-/tmp}/tilelang-cache.tgz"
 note done

@@ -4,9 +4,8 @@ export PYTHONPATH=$PWD/src:$PWD:$HOME/gpu-b:$HOME/gpu-a PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the lender's rule
 export TOKENIZERS_PARALLELISM=false
 # Kernel caches in the checkout, not $HOME: a fresh machine spends 2-3 minutes per FLA mode in
-# Triton autotuning (FLA keeps the winners on disk, FLA_CACHE_RESULTS) and tilelang compiles. A
-# folder saved by an earlier machine (save_kernel_cache) and carried back as .kernel-cache/ (the
-# device tool's `carry`; git ignores it) skips that; the same machine keeps it between calls anyway.
+# Triton autotuning (FLA keeps the winners on disk, FLA_CACHE_RESULTS) and tilelang compiles. The
+# same machine keeps them between calls; save_kernel_cache says what can travel to the next one.
 export TRITON_CACHE_DIR=$PWD/.kernel-cache/triton TILELANG_CACHE_DIR=$PWD/.kernel-cache/tilelang
 mkdir -p "$TRITON_CACHE_DIR" "$TILELANG_CACHE_DIR"
 mkdir -p "$RESULTS"
@@ -28,13 +27,12 @@ versions() {
   nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$RESULTS/gpus.csv" 2>&1
   python3 -c "import torch, transformers, triton, fla; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" > "$RESULTS/versions.txt" 2>&1
 }
-# save_kernel_cache FILE [MAX_MB]: tar .kernel-cache/ into FILE (under $OUT) when it packs to at most
-# MAX_MB (default 60: it must fit the device tool's 64 MiB carry next time); its size goes to RESULTS.
+# save_kernel_cache FILE: tar the tilelang part of .kernel-cache/ into FILE (under $OUT); sizes go
+# to RESULTS. Only tilelang's compiled kernels (~2 MB) travel: the fifth session found the Triton
+# cache at 378 MB (54 MB packed), over both the 16 MiB a file that comes back from $OUT and the room
+# the 53 MB of .gpu-a wheels leave in a 64 MiB carry. A warm machine keeps the whole cache anyway.
 save_kernel_cache() {
-  local file=$1 max_mb=${2:-60}
+  local file=$1
   du -sh .kernel-cache/* > "$RESULTS/kernel_cache_size.txt" 2>&1
-  tar czf /tmp/kernel-cache.tgz .kernel-cache
-  local mb=$(( $(stat -c %s /tmp/kernel-cache.tgz) / 1048576 ))
-  echo "packed: ${mb} MB" >> "$RESULTS/kernel_cache_size.txt"
-  if (( mb <= max_mb )); then cp /tmp/kernel-cache.tgz "$file"; fi
+  tar czf "$file" .kernel-cache/tilelang && du -h "$file" >> "$RESULTS/kernel_cache_size.txt"
 }

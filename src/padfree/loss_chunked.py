@@ -23,11 +23,18 @@ Memory math, per chunk, e = bytes per element of the input dtype (bf16: 2, fp32:
   = 2.03 GB (1.89 GiB); the d(weight) phase is 0.51 GB + 0.51 GB. The fp32 accumulator is 1.02 GB.
   Measured there (benchmarks/bench_loss.py, H100, torch 2.11): 2.90 GiB above the inputs for forward
   + backward = 1.89 op + 0.95 accumulator + 0.03 d(hidden); full logits: 45.5 GiB.
+With `compile_backend` (padfree.patch(compile_elementwise=True) passes "inductor"), the fp32 upcast,
+log-softmax, exp and the target's -1 of each chunk are one compiled function of the e-byte logits
+(`logits_grad`): its kernels read the logits and write d(logits) without the two fp32 [C, V]
+buffers, whose passes were ~20 of 225 ms of kernel time in the fifth session's H200 profile
+(8,192-token rows, docs/benchmarks.md). Same formulas; the chunk size is kept, so memory only falls.
 Ignored targets are masked on the [C, H] side (their hidden rows and d(hidden) rows are zeroed), so
 masking costs C*H work instead of a pass over C*V.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -56,27 +63,51 @@ def chunk_log_softmax(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, bias_V: 
     return torch.log_softmax(logits_CV, dim=1)
 
 
-def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V):
+def logits_grad(logits_CV: torch.Tensor, safe_C1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d(CE)/d(logits) = softmax - onehot [C, V] in the logits' dtype, log p(target) [C] fp32) of one
+    chunk's logits; rows of ignored targets are not masked here. Run compiled (`_compiled_logits_grad`)."""
+    logits32_CV = logits_CV.float()
+    logsumexp_C1 = torch.logsumexp(logits32_CV, dim=1, keepdim=True)
+    logp_target_C = (logits32_CV.gather(1, safe_C1) - logsumexp_C1).squeeze(1)
+    columns_1V = torch.arange(logits_CV.shape[1], device=logits_CV.device).unsqueeze(0)
+    grad_CV = torch.exp(logits32_CV - logsumexp_C1) - (columns_1V == safe_C1).float()
+    return grad_CV.to(logits_CV.dtype), logp_target_C
+
+
+@functools.cache
+def _compiled_logits_grad(backend: str):
+    return torch.compile(logits_grad, backend=backend)
+
+
+def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V, compiled_grad):
     """Summed CE of one chunk; adds its gradients into dh_CH (written), dw_VH, db_V (accumulated) if given.
+    `compiled_grad`: a compiled `logits_grad`, or None for the eager ops.
 
     A function of its own so that every [C, V] temporary is freed when it returns.
     """
     trained_C = targets_C != ignore_index
     safe_C1 = torch.where(trained_C, targets_C, 0).unsqueeze(1)  # -100 is no valid index
-    logp_CV = chunk_log_softmax(hidden_CH, weight_VH, bias_V)
-    logp_target_C = logp_CV.gather(1, safe_C1).squeeze(1)
-    loss = -torch.where(trained_C, logp_target_C, 0.0).sum()  # where: ignored rows add an exact 0
-    if dh_CH is None and dw_VH is None and db_V is None:
-        return loss
-    # d(sum CE)/d(logits) = softmax - onehot(target), rounded once to the input dtype, as autograd does.
     dtype = hidden_CH.dtype
-    if dtype == torch.float32:
-        grad_CV = logp_CV.exp_()
+    needs_grad = not (dh_CH is None and dw_VH is None and db_V is None)
+    if needs_grad and compiled_grad is not None:
+        logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V)
+        grad_CV, logp_target_C = compiled_grad(logits_CV, safe_C1)
+        del logits_CV
+        loss = -torch.where(trained_C, logp_target_C, 0.0).sum()
     else:
-        grad_CV = torch.empty(logp_CV.shape, dtype=dtype, device=logp_CV.device)
-        torch.exp(logp_CV, out=grad_CV)
-    del logp_CV
-    grad_CV.scatter_(1, safe_C1, (logp_target_C.exp() - 1).to(dtype).unsqueeze(1))
+        logp_CV = chunk_log_softmax(hidden_CH, weight_VH, bias_V)
+        logp_target_C = logp_CV.gather(1, safe_C1).squeeze(1)
+        loss = -torch.where(trained_C, logp_target_C, 0.0).sum()  # where: ignored rows add an exact 0
+        if not needs_grad:
+            return loss
+        # d(sum CE)/d(logits) = softmax - onehot(target), rounded once to the input dtype, as autograd does.
+        if dtype == torch.float32:
+            grad_CV = logp_CV.exp_()
+        else:
+            grad_CV = torch.empty(logp_CV.shape, dtype=dtype, device=logp_CV.device)
+            torch.exp(logp_CV, out=grad_CV)
+        del logp_CV
+        grad_CV.scatter_(1, safe_C1, (logp_target_C.exp() - 1).to(dtype).unsqueeze(1))
     # Ignored rows of grad_CV are left as they are; zeroing their [C, H] partners masks them exactly.
     trained_C1 = trained_C.unsqueeze(1).to(dtype)
     if dh_CH is not None:
@@ -96,7 +127,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Forward: summed CE and all its gradients, chunk by chunk. Backward: gradients * d(out)."""
 
     @staticmethod
-    def forward(ctx, hidden_TH, weight_VH, bias_V, targets_T, chunk_rows, ignore_index, need_dh, need_dw, need_db):
+    def forward(ctx, hidden_TH, weight_VH, bias_V, targets_T, chunk_rows, ignore_index, need_dh, need_dw, need_db,
+                compiled_grad):  # fmt: skip
         num_tokens, vocab = hidden_TH.shape[0], weight_VH.shape[0]
         loss = torch.zeros((), dtype=torch.float32, device=hidden_TH.device)
         dh_TH = torch.empty_like(hidden_TH) if need_dh else None
@@ -106,7 +138,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_rows, num_tokens)
             dh_CH = None if dh_TH is None else dh_TH[start:end]
             loss += _chunk_loss_and_grads(
-                hidden_TH[start:end], targets_T[start:end], weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V
+                hidden_TH[start:end], targets_T[start:end], weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V,
+                compiled_grad,
             )
         ctx.save_for_backward(dh_TH, dw_VH, db_V)
         ctx.weight_dtype = weight_VH.dtype
@@ -126,7 +159,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             torch.mul(grad_weight_VH, grad_loss, out=dw)
         if grad_bias_V is not None:
             db = (grad_bias_V * grad_loss).to(ctx.bias_dtype)
-        return dh, dw, db, None, None, None, None, None, None
+        return dh, dw, db, None, None, None, None, None, None, None
 
 
 def check_linear_inputs(
@@ -182,12 +215,15 @@ def chunked_linear_cross_entropy(
     chunk_size: int | None = None,
     ignore_index: int = -100,
     memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    compile_backend: str | None = None,
 ) -> torch.Tensor:
     """Summed cross-entropy of `hidden_TH @ weight_VH.T (+ bias_V)` against `targets_T`, in chunks.
 
     hidden_TH: [T, H], weight_VH: [V, H], bias_V: [V] or None — one float dtype (or under autocast).
     targets_T: [T] integer ids in [0, V), or `ignore_index` for tokens that are not trained.
     chunk_size: rows per chunk; None sizes chunks from `memory_budget_bytes` (module docstring).
+    compile_backend: a torch.compile backend ("inductor") for each chunk's softmax gradient (module
+        docstring); None runs it eagerly.
     Returns a 0-d fp32 tensor: the SUM over trained tokens (divide by a token count yourself, see
     padfree.loss). Equals F.cross_entropy(hidden @ W.T + b, targets, reduction="sum").
 
@@ -215,5 +251,6 @@ def chunked_linear_cross_entropy(
     # The gradients are computed inside forward; autocast must not re-cast those matmuls.
     with torch.autocast(device_type=hidden_TH.device.type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(
-            hidden_TH, weight_VH, bias_V, targets_T.long(), rows, ignore_index, need_dh, need_dw, need_db
+            hidden_TH, weight_VH, bias_V, targets_T.long(), rows, ignore_index, need_dh, need_dw, need_db,
+            None if compile_backend is None else _compiled_logits_grad(compile_backend),
         )
