@@ -50,6 +50,28 @@ def test_bench_runs_all_paths_on_cpu(tmp_path, capsys):
     assert "upstream_padded" in table and "1.00x" in table and "padfree" in table
 
 
+def test_fastest_times_both_settings_and_compares_each_path_at_its_faster_one(tmp_path, capsys):
+    out_file = tmp_path / "bench.json"
+    assert main([*ARGS, "--paths", "upstream_padded,padfree", "--fastest", "--json", str(out_file)]) == 0
+    report = json.loads(out_file.read_text())
+    assert report["settings"]["checkpointing"] == [True, False]
+    runs = {(r["path"], r["gradient_checkpointing"]): r for r in report["results"]}
+    assert set(runs) == {(p, c) for p in ("upstream_padded", "padfree") for c in (True, False)}
+    for checkpointing in (True, False):  # ratios only within one setting
+        ours, padded = runs[("padfree", checkpointing)], runs[("upstream_padded", checkpointing)]
+        assert ours["vs_upstream_padded"] == ours["real_tokens_per_s"] / padded["real_tokens_per_s"]
+    fastest = {r["path"]: r for r in report["fastest"]}
+    for path in ("upstream_padded", "padfree"):
+        speeds = {c: runs[(path, c)]["real_tokens_per_s"] for c in (True, False)}
+        assert fastest[path]["gradient_checkpointing"] == max(speeds, key=speeds.get)
+        assert fastest[path]["real_tokens_per_s"] == max(speeds.values())
+    assert fastest["padfree"]["vs_upstream_padded"] == (
+        fastest["padfree"]["real_tokens_per_s"] / fastest["upstream_padded"]["real_tokens_per_s"]
+    )
+    out = capsys.readouterr().out
+    assert "activation checkpointing on and off" in out and "each path at its faster checkpointing setting" in out
+
+
 def _leak(monkeypatch, op: str) -> None:
     """Make the layer's `op` run the packed row as one sequence: state flows from each document to the next."""
     real = getattr(padfree.models.layers, op)
@@ -88,6 +110,7 @@ def test_bf16_gate_bound_follows_rounding_and_still_catches_a_leak(leaks, monkey
     [
         (["--paths", "padfree,upstream"], "--paths padfree,upstream: give a comma list of upstream_padded"),
         (["--row-tokens", "64", "--median-len", "5000"], "every benchmark row holds a single document"),
+        (["--fastest", "--no-gradient-checkpointing"], "--fastest times every path with checkpointing on and off"),
     ],
 )
 def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):

@@ -108,8 +108,11 @@ def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--warmup", type=int, default=2, help="untimed rows per path before timing (default: 2)")
     bench.add_argument("--paths", default=",".join(DEFAULT_PATHS),
                        help=f"comma list of {', '.join(PATHS)} (default: %(default)s)")  # fmt: skip
-    bench.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+    bench.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                        help="activation checkpointing for every path (default: on)")  # fmt: skip
+    bench.add_argument("--fastest", action="store_true",
+                       help="time every path with checkpointing on and off, and compare each path at its faster "
+                       "setting that fits the device as well as setting by setting")  # fmt: skip
     bench.add_argument("--median-len", type=float, default=300.0, help="median of the lognormal sample lengths")
     bench.add_argument("--json", help="also write the results to this file")
     bench.add_argument("--seed", type=int, default=0, help="seed of the weights, lengths and token ids (default: 0)")

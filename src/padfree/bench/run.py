@@ -1,8 +1,10 @@
 """`padfree bench`: the correctness gate, then each path's training-step throughput; a table and JSON.
 
 One process, one workload, one model shape and one set of settings for every path, so the ratios
-compare like with like. The JSON (--json) is rewritten after the gate and after each path, so a run
-cut short by a time limit keeps what it measured.
+compare like with like. With `fastest`, every path is timed with activation checkpointing on and
+off, the ratios are given per setting, and each path at its own faster setting that fits the device
+is compared too (issue #7 asks for both comparisons). The JSON (--json) is rewritten after the gate
+and after each path, so a run cut short by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class BenchSettings:
     steps: int = 5
     warmup: int = 2
     paths: tuple[str, ...] = DEFAULT_PATHS
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | None = None  # None: on (or both, with fastest)
+    fastest: bool = False  # time every path with checkpointing on and off; compare each at its faster one
     median_len: float = 300.0
     seed: int = 0
     json: str | None = None
@@ -52,6 +55,13 @@ def _validate(s: BenchSettings) -> None:
         raise ValueError(f"--row-tokens {s.row_tokens}: a row needs at least 2 tokens.")
     if s.median_len <= 0:
         raise ValueError(f"--median-len {s.median_len}: give a positive median sample length.")
+    if s.fastest and s.gradient_checkpointing is not None:
+        raise ValueError("--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing.")
+
+
+def checkpointing_settings(s: BenchSettings) -> tuple[bool, ...]:
+    """The activation-checkpointing settings each path is timed with, in order."""
+    return (True, False) if s.fastest else (s.gradient_checkpointing is not False,)
 
 
 def _write(report: dict, path: str | None) -> None:
@@ -93,15 +103,17 @@ def _ratio(value: float | None) -> str:
 
 def _table(results: list[dict], gate: dict) -> str:
     """Aligned columns for the paths that ran; a path that upstream refused (or that failed) gets its message."""
-    rows = [("path", "real tok/s", "vs padded", "vs packed", "MFU (+attn)", "peak mem", "packing", "docs apart")]
+    rows = [("path", "checkpointing", "real tok/s", "vs padded", "vs packed", "MFU (+attn)", "peak mem", "packing",
+             "docs apart")]  # fmt: skip
     failed = []
     for r in results:
         if "error" in r:
-            failed.append(f"  {r['path']}: {r['error']}")
+            failed.append(f"  {r['path']} (checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): {r['error']}")
             continue
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%} (+{r['attention_mfu']:.1%})"
         mem = "n/a (CPU)" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
-        rows.append((r["path"], f"{r['real_tokens_per_s']:,.0f}", _ratio(r["vs_upstream_padded"]),
+        rows.append((r["path"], "on" if r["gradient_checkpointing"] else "off", f"{r['real_tokens_per_s']:,.0f}",
+                     _ratio(r["vs_upstream_padded"]),
                      _ratio(r["vs_upstream_packed"]), mfu, mem, f"{r['packing_efficiency']:.1%}",
                      _apart(r, gate)))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -118,6 +130,7 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "padfree": padfree.__version__},
         "settings": dict(asdict(s), device=device.type, dtype=str(dtype).removeprefix("torch."),
+                         checkpointing=list(checkpointing_settings(s)),
                          row_tokens=workload.row_tokens, optimizer="AdamW, fused" if on_cuda else "AdamW"),
         "samples": {"lengths": "lognormal", "median": s.median_len, "sigma": LENGTH_SIGMA,
                     "timed_documents": len(timed), "timed_real_tokens": sum(timed),
@@ -126,6 +139,7 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
                        "not measured on CPU: the process's RSS high-water mark cannot be reset between paths",
         "gate": None,
         "results": [],
+        "fastest": None,
     }  # fmt: skip
 
 
@@ -134,22 +148,27 @@ def _header(report: dict) -> str:
     return (
         f"padfree bench: shape {s['shape']}, {report['device']}, {s['dtype']}, rows of {s['row_tokens']:,} tokens, "
         f"{s['steps']} timed + {s['warmup']} warm-up rows per path, activation checkpointing "
-        f"{'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}\n"
+        f"{' and '.join('on' if c else 'off' for c in s['checkpointing'])}, {s['optimizer']}\n"
         f"  samples: {samples['timed_documents']} documents timed ({samples['timed_real_tokens']:,} real tokens, "
         f"the same for every path), lognormal lengths (median {s['median_len']:g}, sigma {LENGTH_SIGMA:g}, "
         f"at most {s['row_tokens']:,})"
     )
 
 
-def _measure_or_refusal(path: str, s: BenchSettings, config, workload: Workload, device, dtype) -> dict:
+def _measure_or_refusal(path: str, checkpointing: bool, s: BenchSettings, config, workload: Workload, device,
+                        dtype) -> dict:  # fmt: skip
     try:
-        return measure(path, config, workload, device, dtype, s.gradient_checkpointing, s.seed)
+        return dict(measure(path, config, workload, device, dtype, checkpointing, s.seed),
+                    gradient_checkpointing=checkpointing)  # fmt: skip
+    except torch.cuda.OutOfMemoryError as error:  # any path: not fitting the device is a result
+        return {"path": path, "gradient_checkpointing": checkpointing,
+                "error": f"does not fit: out of memory ({str(error).splitlines()[0][:120]})"}  # fmt: skip
     except Exception as error:
         if path in PATCH_SETTINGS:
             raise  # a padfree failure is a bug to report with its traceback, not a table entry
         # Upstream refusing packed rows (no FLA) or running out of memory is a result of the benchmark.
         word = "refused" if path == "upstream_packed" else "failed"
-        return {"path": path, "error": f"{word}: {type(error).__name__}: {error}"}
+        return {"path": path, "gradient_checkpointing": checkpointing, "error": f"{word}: {type(error).__name__}: {error}"}
 
 
 def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
@@ -184,19 +203,52 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
             file=out,
         )
         return 1
-    for path in s.paths:
-        result = _measure_or_refusal(path, s, config, workload, device, dtype)
-        report["results"].append(result)
-        _add_ratios(report["results"])
-        _write(report, s.json)
-        done = result["error"].split(":")[0] if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
-        print(f"  {path}: {done}", file=out, flush=True)
+    settings = checkpointing_settings(s)
+    for checkpointing in settings:
+        for path in s.paths:
+            result = _measure_or_refusal(path, checkpointing, s, config, workload, device, dtype)
+            report["results"].append(result)
+            _add_ratios(report["results"])
+            _write(report, s.json)
+            done = result["error"].split(":")[0] if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
+            print(f"  {path}, checkpointing {'on' if checkpointing else 'off'}: {done}", file=out, flush=True)
     print(_table(report["results"], gate), file=out)
+    if len(settings) > 1:
+        report["fastest"] = fastest_of_each(report["results"])
+        _write(report, s.json)
+        print(_fastest_table(report["fastest"]), file=out)
     return 0
 
 
 def _add_ratios(results: list[dict]) -> None:
-    """Each path's real tokens/s over each upstream path's (None where either did not run)."""
+    """Each path's real tokens/s over each upstream path's with the same checkpointing setting (None where
+    either did not run)."""
+    for checkpointing in {r["gradient_checkpointing"] for r in results}:
+        _add_ratios_within([r for r in results if r["gradient_checkpointing"] == checkpointing])
+
+
+def fastest_of_each(results: list[dict]) -> list[dict]:
+    """Each path at its faster checkpointing setting among those that ran (a failure or OOM is skipped),
+    with ratios between these fastest runs: issue #7's 'each side at its fastest settings that fit'."""
+    best: dict[str, dict] = {}
+    for r in results:
+        if "error" not in r and r["real_tokens_per_s"] > best.get(r["path"], {}).get("real_tokens_per_s", 0):
+            best[r["path"]] = r
+    fastest = [dict(best[p]) for p in dict.fromkeys(r["path"] for r in results) if p in best]
+    _add_ratios_within(fastest)
+    return fastest
+
+
+def _fastest_table(fastest: list[dict]) -> str:
+    lines = ["  each path at its faster checkpointing setting (ratios between these):"]
+    for r in fastest:
+        lines.append(f"    {r['path']}: {r['real_tokens_per_s']:,.0f} tok/s, checkpointing "
+                     f"{'on' if r['gradient_checkpointing'] else 'off'}, vs upstream padded "
+                     f"{_ratio(r['vs_upstream_padded'])}, vs upstream packed {_ratio(r['vs_upstream_packed'])}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _add_ratios_within(results: list[dict]) -> None:
     speed = {r["path"]: r.get("real_tokens_per_s") for r in results}
     for r in results:
         for base in ("upstream_padded", "upstream_packed"):
