@@ -46,7 +46,8 @@ def gdn_gate_inputs(
     weight, bias = module.conv1d.weight.squeeze(1), module.conv1d.bias
     A_log, dt_bias = module.A_log, module.dt_bias
     if channels is not None:
-        weight, bias = weight[channels], None if bias is None else bias[channels]
+        # index_select: its backward is an index_add_, not advanced indexing's sort-based index_put
+        weight, bias = weight.index_select(0, channels), None if bias is None else bias.index_select(0, channels)
     if value_heads is not None:
         A_log, dt_bias = A_log[value_heads], dt_bias[value_heads]
     mixed_qkv_1TC = causal_conv1d(

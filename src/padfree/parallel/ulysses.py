@@ -61,7 +61,8 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     local = torch.cat([mixed_qkv[0], b_1TH[0].to(mixed_qkv.dtype), a_1TH[0].to(mixed_qkv.dtype)], dim=-1)
     # index_select, not local[:, order]: advanced indexing's backward is a deterministic index_put
     # (sort + accumulate) that took 20 ms per layer on a 16k-token shard (H200 profile, fifth session,
-    # docs/benchmarks.md), 40% of the step; index_select's backward is one index_add_.
+    # docs/benchmarks.md), 40% of the step; index_select's backward is one index_add_ (atomic adds;
+    # under torch.use_deterministic_algorithms torch picks its deterministic, slower path itself).
     row_TC = seq_to_heads(local.index_select(1, order).unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
     value_heads = _heads_of_rank(r, P, HV)
     n = len(value_heads)
