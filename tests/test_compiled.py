@@ -116,7 +116,8 @@ def test_train_flag_compiles_and_gives_the_same_steps(tmp_path, monkeypatch):
     assert main([*args, "--output-dir", str(tmp_path / "eager")]) == 0
     compiled_models = []
     real_compile = compiled.compile_elementwise
-    monkeypatch.setattr(compiled, "compile_elementwise", lambda model: (compiled_models.append(model), real_compile(model)))
+    monkeypatch.setattr(compiled, "compile_elementwise",
+                        lambda model: (compiled_models.append(model), real_compile(model)))  # fmt: skip
     counters.clear()
     assert main([*args, "--compile-elementwise", "--output-dir", str(tmp_path / "compiled")]) == 0
     assert len(compiled_models) == 1 and counters["stats"]["calls_captured"] > 0

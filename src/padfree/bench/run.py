@@ -56,7 +56,9 @@ def _validate(s: BenchSettings) -> None:
     if s.median_len <= 0:
         raise ValueError(f"--median-len {s.median_len}: give a positive median sample length.")
     if s.fastest and s.gradient_checkpointing is not None:
-        raise ValueError("--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing.")
+        raise ValueError(
+            "--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing."
+        )
 
 
 def checkpointing_settings(s: BenchSettings) -> tuple[bool, ...]:
@@ -97,6 +99,10 @@ def _apart(result: dict, gate: dict) -> str:
     return "refused" if up["refused"] else "NO (gate)" if up["mixes_documents"] else "yes (gate)"
 
 
+def _on_off(result: dict) -> str:
+    return "on" if result["gradient_checkpointing"] else "off"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -108,11 +114,11 @@ def _table(results: list[dict], gate: dict) -> str:
     failed = []
     for r in results:
         if "error" in r:
-            failed.append(f"  {r['path']} (checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): {r['error']}")
+            failed.append(f"  {r['path']} (checkpointing {_on_off(r)}): {r['error']}")
             continue
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%} (+{r['attention_mfu']:.1%})"
         mem = "n/a (CPU)" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
-        rows.append((r["path"], "on" if r["gradient_checkpointing"] else "off", f"{r['real_tokens_per_s']:,.0f}",
+        rows.append((r["path"], _on_off(r), f"{r['real_tokens_per_s']:,.0f}",
                      _ratio(r["vs_upstream_padded"]),
                      _ratio(r["vs_upstream_packed"]), mfu, mem, f"{r['packing_efficiency']:.1%}",
                      _apart(r, gate)))  # fmt: skip
@@ -168,7 +174,8 @@ def _measure_or_refusal(path: str, checkpointing: bool, s: BenchSettings, config
             raise  # a padfree failure is a bug to report with its traceback, not a table entry
         # Upstream refusing packed rows (no FLA) or running out of memory is a result of the benchmark.
         word = "refused" if path == "upstream_packed" else "failed"
-        return {"path": path, "gradient_checkpointing": checkpointing, "error": f"{word}: {type(error).__name__}: {error}"}
+        return {"path": path, "gradient_checkpointing": checkpointing,
+                "error": f"{word}: {type(error).__name__}: {error}"}  # fmt: skip
 
 
 def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
@@ -242,9 +249,9 @@ def fastest_of_each(results: list[dict]) -> list[dict]:
 def _fastest_table(fastest: list[dict]) -> str:
     lines = ["  each path at its faster checkpointing setting (ratios between these):"]
     for r in fastest:
-        lines.append(f"    {r['path']}: {r['real_tokens_per_s']:,.0f} tok/s, checkpointing "
-                     f"{'on' if r['gradient_checkpointing'] else 'off'}, vs upstream padded "
-                     f"{_ratio(r['vs_upstream_padded'])}, vs upstream packed {_ratio(r['vs_upstream_packed'])}")  # fmt: skip
+        lines.append(f"    {r['path']}: {r['real_tokens_per_s']:,.0f} tok/s, checkpointing {_on_off(r)}, "
+                     f"vs upstream padded {_ratio(r['vs_upstream_padded'])}, "
+                     f"vs upstream packed {_ratio(r['vs_upstream_packed'])}")  # fmt: skip
     return "\n".join(lines)
 
 
