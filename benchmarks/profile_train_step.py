@@ -4,7 +4,10 @@
     torchrun --nproc-per-node 2 benchmarks/profile_train_step.py --sp-mode context --out prof.txt
 
 Under torchrun the row is split over all processes by sequence parallelism (`--sp-mode`), each
-process keeping `--row-tokens` tokens (so the row holds world x row-tokens); rank 0 reports.
+process keeping `--row-tokens` tokens (so the row holds world x row-tokens); rank 0 prints, and
+every rank writes its own table (a collective's kernel time is mostly waiting for the latest rank,
+so the ranks' tables side by side show which one is late). `--trace DIR` adds each rank's profiled
+step as a gzipped Chrome trace (chrome://tracing, Perfetto) for the timeline.
 `--device cpu` (gloo) is a smoke run of the script itself: no sync audit, CPU activity only.
 
 Prints the step time, the summed kernel time (GPU busy; the rest is host overhead or syncs), the
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gzip
 import os
+import shutil
 import time
 import warnings
 
@@ -46,7 +51,8 @@ def main():
     parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", default="profile.txt")
+    parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
+    parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")
     args = parser.parse_args()
     device, sp = setup(args.device, args.sp_mode)
     world = 1 if sp is None else sp.size
@@ -119,10 +125,20 @@ def main():
         events.table(sort_by=sort_by, row_limit=40, max_name_column_width=70),
     ]
     text = "\n".join(lines)
-    if sp is None or dist.get_rank() == 0:
+    rank = 0 if sp is None else dist.get_rank()
+    if rank == 0:
         print(text)
-        with open(args.out, "w") as f:
-            f.write(text)
+    # Every rank's own table: a collective's kernel time on one rank is mostly waiting for the others,
+    # so comparing ranks shows which one is late.
+    with open(args.out if rank == 0 else f"{args.out}.rank{rank}", "w") as f:
+        f.write(text)
+    if args.trace:
+        os.makedirs(args.trace, exist_ok=True)
+        path = os.path.join(args.trace, f"trace_rank{rank}.json")
+        prof.export_chrome_trace(path)
+        with open(path, "rb") as raw, gzip.open(path + ".gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        os.remove(path)
     if sp is not None:
         dist.destroy_process_group()
 

@@ -5,8 +5,9 @@
 # Lane GPU0: 0.8B shape, upstream packed vs padfree vs padfree_compiled (now also the loss's chunks),
 #   each with activation checkpointing on and off (--fastest: issue #7's fastest-vs-fastest ratio too).
 # Lane GPU1: the ~4B shape, the same three paths with checkpointing (issue #7's 3x target).
-# Lane GPU2,3: Ulysses after the index_select fix (its profile, then per-GPU throughput of both modes
-#   on FLA at 16,384 tokens per GPU against one GPU).
+# Lane GPU2,3: Ulysses after the index_select fix (its profile), context parallelism's profile with
+#   both ranks' tables and timelines (where its ranks wait), then per-GPU throughput of both modes on
+#   FLA at 16,384 tokens per GPU against one GPU.
 set -u
 source benchmarks/gpu/common.sh
 versions
@@ -20,9 +21,13 @@ BENCH="python3 -m padfree.cli bench --device cuda --paths upstream_packed,padfre
 (
   export CUDA_VISIBLE_DEVICES=2,3
   R="torchrun --nproc-per-node 2 --master-port 29581"
-  timed prof_ulysses 200 $R benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpointing --backend fla --warmup 6 --sp-mode ulysses --out "$RESULTS/prof_ulysses.txt"
-  timed sp2_tp_fla 300 $R benchmarks/bench_sequence_parallel.py --shape 0.8b --out "$RESULTS/sp2.jsonl" --stages throughput --tokens-per-gpu 16384 --backend fla --modes ulysses,context --warmup 3
+  PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 16384 --checkpointing --backend fla --warmup 6"
+  timed prof_ulysses 150 $R $PROF --sp-mode ulysses --out "$RESULTS/prof_ulysses.txt"
+  timed prof_context 150 $R $PROF --sp-mode context --out "$RESULTS/prof_context.txt" --trace "$RESULTS/trace_context"
+  timed sp2_tp_fla 220 $R benchmarks/bench_sequence_parallel.py --shape 0.8b --out "$RESULTS/sp2.jsonl" --stages throughput --tokens-per-gpu 16384 --backend fla --modes ulysses,context --warmup 3
 ) &
 wait
+# The traces travel as files of their own: the device tool returns at most 16 MiB per file.
+mv "$RESULTS"/trace_context/*.gz "${OUT:-/tmp}/" 2>/dev/null
 save_kernel_cache "${OUT:-/tmp}/tilelang-cache.tgz"
 note done
