@@ -4,8 +4,9 @@
 #   RESULTS=/tmp/res BUDGET_S=560 bash benchmarks/gpu/batch_j.sh
 # Lane GPU0: 0.8B shape, upstream packed vs padfree vs padfree_compiled (now also the loss's chunks),
 #   each with activation checkpointing on and off (--fastest: issue #7's fastest-vs-fastest ratio too).
-# Lane GPU1: the ~4B shape, the same three paths, checkpointing on (all paths), then off (issue #7 3x
-#   target; the JSON keeps what finished if the limit cuts the second half).
+# Lane GPU1: inductor's compiled loss and model on CUDA against fp32 (tests/gpu/test_cuda_compiled.py:
+#   the bench gate checks logits only), then the ~4B shape, the same three paths, checkpointing on
+#   (all paths), then off (issue #7's 3x target; the JSON keeps what finished if the limit cuts it).
 # Lane GPU2,3: Ulysses after the index_select fix (its profile), context parallelism's profile with
 #   both ranks' tables and timelines (where its ranks wait), then per-GPU throughput of both modes on
 #   FLA at 16,384 tokens per GPU against one GPU.
@@ -17,7 +18,9 @@ BENCH="python3 -m padfree.cli bench --device cuda --paths upstream_packed,padfre
   CUDA_VISIBLE_DEVICES=0 timed bench_08b_fastest 520 $BENCH --shape 0.8b --fastest --steps 6 --warmup 3 --json "$RESULTS/bench_08b.json"
 ) &
 (
-  CUDA_VISIBLE_DEVICES=1 timed bench_4b_fastest 520 $BENCH --shape 4b --fastest --steps 4 --warmup 2 --json "$RESULTS/bench_4b.json"
+  export CUDA_VISIBLE_DEVICES=1
+  timed gpu_tests_compiled 120 python3 -m pytest -q tests/gpu/test_cuda_compiled.py
+  timed bench_4b_fastest 400 $BENCH --shape 4b --fastest --steps 4 --warmup 2 --json "$RESULTS/bench_4b.json"
 ) &
 (
   export CUDA_VISIBLE_DEVICES=2,3
