@@ -65,7 +65,9 @@ def chunk_log_softmax(hidden_CH: torch.Tensor, weight_VH: torch.Tensor, bias_V: 
 
 def logits_grad(logits_CV: torch.Tensor, safe_C1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(d(CE)/d(logits) = softmax - onehot [C, V] in the logits' dtype, log p(target) [C] fp32) of one
-    chunk's logits; rows of ignored targets are not masked here. Run compiled (`_compiled_logits_grad`)."""
+    chunk's logits; rows of ignored targets are not masked here. Run compiled (`_compiled_logits_grad`):
+    eagerly it would hold three fp32 [C, V] temporaries, over the chunk budget, which is why the eager
+    path in `_chunk_loss_and_grads` writes the same formula in place instead."""
     logits32_CV = logits_CV.float()
     logsumexp_C1 = torch.logsumexp(logits32_CV, dim=1, keepdim=True)
     logp_target_C = (logits32_CV.gather(1, safe_C1) - logsumexp_C1).squeeze(1)

@@ -329,7 +329,7 @@ BAD = {
     ),
     "cu_seqlens_end": (lambda a: dict(cu_seqlens=torch.tensor([0, 3, 9])), r"ends at 9 but the row has 10 tokens"),
     "cu_seqlens_cpu_mismatch": (
-        lambda a: dict(cu_seqlens_cpu=torch.tensor([0, 10])), r"cu_seqlens_cpu \(2,\) must match cu_seqlens"
+        lambda a: dict(cu_seqlens_cpu=torch.tensor([0, 10])), r"cu_seqlens_cpu has 2 offsets but cu_seqlens has 4"
     ),
     "cu_seqlens_host_ints_mismatch": (
         lambda a: dict(cu_seqlens_cpu=(0, 10)), r"cu_seqlens_cpu has 2 offsets but cu_seqlens has 4"

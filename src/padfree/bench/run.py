@@ -135,7 +135,9 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
         "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu, {torch.get_num_threads()} threads",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "padfree": padfree.__version__},
-        "settings": dict(asdict(s), device=device.type, dtype=str(dtype).removeprefix("torch."),
+        # `checkpointing` replaces the raw flag (None when not given), which it resolves
+        "settings": dict({k: v for k, v in asdict(s).items() if k != "gradient_checkpointing"},
+                         device=device.type, dtype=str(dtype).removeprefix("torch."),
                          checkpointing=list(checkpointing_settings(s)),
                          row_tokens=workload.row_tokens, optimizer="AdamW, fused" if on_cuda else "AdamW"),
         "samples": {"lengths": "lognormal", "median": s.median_len, "sigma": LENGTH_SIGMA,

@@ -152,22 +152,18 @@ def _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B: int, T: int) -> tuple[int, 
             f"cu_seqlens needs one packed row (B=1), got B={B}; flatten the batch to [1, B * T, ...] "
             "and offset cu_seqlens, or pass cu_seqlens=None for B independent sequences."
         )
-    host_ints = cu_seqlens_cpu is not None and not isinstance(cu_seqlens_cpu, torch.Tensor)
-    for name, x in (("cu_seqlens", cu_seqlens), ("cu_seqlens_cpu", cu_seqlens_cpu)):
-        if x is None or (name == "cu_seqlens_cpu" and host_ints):
-            continue
+    tensors = [("cu_seqlens", cu_seqlens)]
+    if isinstance(cu_seqlens_cpu, torch.Tensor):  # else None, or host ints (PackedBatch.cu_seqlens_host)
+        tensors.append(("cu_seqlens_cpu", cu_seqlens_cpu))
+    for name, x in tensors:
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise ValueError(f"{name} must hold integers (int32 or int64), got {x.dtype}.")
         if x.dim() != 1 or x.numel() < 2:
             raise ValueError(f"{name} must be 1-D with at least 2 offsets ([N + 1]), got shape {_shape(x)}.")
-    if cu_seqlens_cpu is not None and not host_ints and cu_seqlens_cpu.shape != cu_seqlens.shape:
-        raise ValueError(f"cu_seqlens_cpu {_shape(cu_seqlens_cpu)} must match cu_seqlens {_shape(cu_seqlens)}.")
     # The one host read of the offsets (none when the caller passed a host copy).
-    if cu_seqlens_cpu is None:
-        offsets = tuple(cu_seqlens.tolist())
-    else:
-        offsets = tuple(int(o) for o in (cu_seqlens_cpu.tolist() if not host_ints else cu_seqlens_cpu))
-        if len(offsets) != cu_seqlens.numel():
-            raise ValueError(f"cu_seqlens_cpu has {len(offsets)} offsets but cu_seqlens has {cu_seqlens.numel()}.")
+    source = cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu
+    offsets = tuple(int(o) for o in (source.tolist() if isinstance(source, torch.Tensor) else source))
+    if len(offsets) != cu_seqlens.numel():
+        raise ValueError(f"cu_seqlens_cpu has {len(offsets)} offsets but cu_seqlens has {cu_seqlens.numel()}.")
     check_offsets(offsets, T)
     return offsets
