@@ -27,12 +27,21 @@ versions() {
   nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$RESULTS/gpus.csv" 2>&1
   python3 -c "import torch, transformers, triton, fla; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" > "$RESULTS/versions.txt" 2>&1
 }
-# save_kernel_cache FILE: tar the tilelang part of .kernel-cache/ into FILE (under $OUT); sizes go
-# to RESULTS. Only tilelang's compiled kernels (~2 MB) travel: the fifth session found the Triton
-# cache at 378 MB (54 MB packed), over both the 16 MiB a file that comes back from $OUT and the room
-# the 53 MB of .gpu-a wheels leave in a 64 MiB carry. A warm machine keeps the whole cache anyway.
+# The kernel seed: .kernel-seed/kernel-cache.tgz (git-ignored; carry it with .gpu-b) is unpacked into
+# .kernel-cache/ without overwriting what a warm machine already has. It holds what save_kernel_cache
+# wrote on an earlier machine: tilelang's compiled kernels, and Triton's autotuning winners
+# (*.autotune.json; FLA autotunes with cache_results, FLA_CACHE_RESULTS defaults to 1). With the
+# winners known, a fresh machine compiles each FLA kernel once instead of once per candidate config:
+# the sixth session lost most of two 560 s batches to that search on fresh machines.
+if [[ -f .kernel-seed/kernel-cache.tgz ]]; then
+  tar xzf .kernel-seed/kernel-cache.tgz --skip-old-files 2>/dev/null
+fi
+# save_kernel_cache FILE: tar the seed (above) into FILE (under $OUT); sizes go to RESULTS. Triton's
+# compiled kernels stay behind: 378-469 MB, over the 16 MiB a file returned from $OUT may hold and
+# the room the .gpu-b wheels leave in a 64 MiB carry. A warm machine keeps the whole cache anyway.
 save_kernel_cache() {
   local file=$1
   du -sh .kernel-cache/* > "$RESULTS/kernel_cache_size.txt" 2>&1
-  tar czf "$file" .kernel-cache/tilelang && du -h "$file" >> "$RESULTS/kernel_cache_size.txt"
+  { find .kernel-cache/tilelang -type f; find .kernel-cache/triton -name '*.autotune.json'; } > "$RESULTS/kernel_seed_files.txt"
+  tar czf "$file" -T "$RESULTS/kernel_seed_files.txt" && du -h "$file" >> "$RESULTS/kernel_cache_size.txt"
 }

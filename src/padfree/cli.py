@@ -45,7 +45,8 @@ _HELP = {
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
     "compile_elementwise": "torch.compile the RMSNorms and MLPs around the kernels; the first step compiles "
-    "(GPU: +8%% tokens/s, -28%% peak memory on the 0.8B shape, docs/benchmarks.md; off by default)",
+    "(H100, 0.8B shape: +14%% tokens/s, -31%% peak memory without --gradient-checkpointing, -8%% tokens/s "
+    "with it; docs/benchmarks.md; off by default)",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
