@@ -38,6 +38,8 @@ _HELP = {
     "weight_decay": "AdamW weight decay on matrices (default: 0)",
     "max_grad_norm": "clip the gradient norm to this; 0 disables (default: 1.0)",
     "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30%% more compute)",
+    "selective_checkpointing": "activation checkpointing that keeps the matmul and attention outputs and recomputes "
+    "the rest (padfree.checkpointing; implies --gradient-checkpointing; GPU speed not yet measured)",
     "seed": "seed of the initial weights (embedded model), the data order and torch (default: 0)",
     "dtype": " | ".join(TRAIN_DTYPES) + " (default: auto = bf16-mixed on CUDA: fp32 weights and optimizer, bf16 "
     "compute; float32 on CPU)",
@@ -59,7 +61,7 @@ _HELP = {
     "resume": "continue from a checkpoint folder, or from an output dir's newest complete checkpoint",
     "overwrite": "replace a previous run's checkpoints and metrics in --output-dir (demo: on by default)",
 }
-_BOOLS = ("gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
+_BOOLS = ("gradient_checkpointing", "selective_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")

@@ -23,7 +23,8 @@ import padfree
 from padfree.bench.gate import correctness_gate, gate_lengths
 from padfree.bench.shapes import GATE_INIT_STD, SHAPES, shape_config
 from padfree.bench.train_step import (
-    DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload, measure,
+    CHECKPOINTING_MODES, DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
+    measure,
 )  # fmt: skip
 
 
@@ -59,6 +60,10 @@ def _validate(s: BenchSettings) -> None:
         raise ValueError(
             "--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing."
         )
+    checkpointing_only = [p for p in s.paths if p in CHECKPOINTING_MODES]
+    if checkpointing_only and s.gradient_checkpointing is False:
+        raise ValueError(f"--paths {','.join(checkpointing_only)} checkpoints by definition; drop "
+                         f"--no-gradient-checkpointing or that path.")  # fmt: skip
 
 
 def checkpointing_settings(s: BenchSettings) -> tuple[bool, ...]:
@@ -215,6 +220,8 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
     settings = checkpointing_settings(s)
     for checkpointing in settings:
         for path in s.paths:
+            if path in CHECKPOINTING_MODES and not checkpointing:
+                continue  # without checkpointing it is another path's run again
             result = _measure_or_refusal(path, checkpointing, s, config, workload, device, dtype)
             report["results"].append(result)
             _add_ratios(report["results"])

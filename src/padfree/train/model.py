@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import padfree
+from padfree.checkpointing import enable_checkpointing
 from padfree.corpus import bundled_path
 from padfree.ops._backend import resolve_backend
 from padfree.ops.attention import varlen_attention
@@ -193,15 +194,8 @@ def prepare_model(
         if sequence_parallel is None:
             raise
         raise TrainError(f"--sp-degree {config.sp_degree} --sp-mode {config.sp_mode}: {error}") from None
-    if config.gradient_checkpointing:
-        # Non-reentrant: it recomputes each decoder layer with the same keyword arguments, padfree's
-        # packed-row metadata included, and needs no input that requires grad (LoRA freezes embeddings).
-        # transformers 5.x renamed gradient_checkpointing_enable (deprecated) to activation_checkpointing_enable.
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if config.gradient_checkpointing or config.selective_checkpointing:
+        enable_checkpointing(model, "selective" if config.selective_checkpointing else "full")
     model.config.use_cache = False
     return model.to(device).train()
 
