@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 import padfree
+from padfree.checkpointing import enable_checkpointing
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, gather_sequence, reduce_gradients, shard_batch
 from padfree.tiny import FAMILIES, load_tiny_model
@@ -99,6 +100,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
     with tempfile.TemporaryDirectory() as tmp:
         models = {family: load_tiny_model(family, os.path.join(tmp, family)).train() for family in FAMILIES}
         few_heads = load_tiny_model("qwen3_5", os.path.join(tmp, "few"), **FEW_HEADS).train()
+        selective = load_tiny_model("qwen3_5", os.path.join(tmp, "selective")).train()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         sp = SequenceParallel(dist.group.WORLD)
@@ -128,6 +130,15 @@ def run(rank: int, world: int, init_file: str, out_file: str):
             results["qwen3_5/auto_above_head_counts/document_spans_three_ranks"] = {
                 "loss": loss_err, "grad": grad_err, "param": where, "modes": modes,
             }  # fmt: skip
+        if world == 2:  # selective activation checkpointing re-runs layers whose collectives cross ranks
+            enable_checkpointing(selective, "selective")
+            checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in selective.modules())
+            batch = padfree.collate(_samples([5, 9, 6], selective.config.vocab_size, seed=3))
+            for mode in MODES[world]:
+                loss_err, grad_err, where = _compare(selective, batch, SequenceParallel(dist.group.WORLD, mode=mode))
+                results[f"qwen3_5/{mode}/selective_checkpointing"] = {
+                    "loss": loss_err, "grad": grad_err, "param": where, "checkpointed": checkpointed,
+                }  # fmt: skip
         if rank == 0:
             with open(out_file, "w") as f:
                 json.dump(results, f)

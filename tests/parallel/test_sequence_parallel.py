@@ -39,6 +39,7 @@ CASES = [
     for mode in sp_worker.MODES[world]
     for scenario in scenarios
 ] + [(4, "qwen3_5/auto_above_head_counts/document_spans_three_ranks")]
+SELECTIVE = [(2, f"qwen3_5/{mode}/selective_checkpointing") for mode in sp_worker.MODES[2]]
 
 
 @pytest.mark.parametrize("world, name", CASES, ids=[f"sp{w}-{n}" for w, n in CASES])
@@ -46,6 +47,15 @@ def test_sharded_equals_unsharded(results, world, name):
     result = results[world][name]
     assert result["loss"] <= BOUND, f"{name}: loss rel error {result['loss']:.2e}. {WHY}"
     assert result["grad"] <= BOUND, f"{name}: grad of {result['param']} rel error {result['grad']:.2e}. {WHY}"
+
+
+@pytest.mark.parametrize("world, name", SELECTIVE, ids=[f"sp{w}-{n}" for w, n in SELECTIVE])
+def test_selective_checkpointing_sharded_equals_unsharded(results, world, name):
+    """Both runs re-run each layer under padfree.checkpointing's selective policy, collectives included;
+    tests/test_checkpointing.py shows the unsharded one equals the run without checkpointing."""
+    result = results[world][name]
+    assert result["checkpointed"], "the model must really run under activation checkpointing"
+    assert result["loss"] <= BOUND and result["grad"] <= BOUND, f"{name}: {result}. {WHY}"
 
 
 def test_auto_picks_context_when_heads_are_fewer_than_ranks(results):
