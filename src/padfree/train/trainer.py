@@ -125,7 +125,9 @@ def train(
     torch.manual_seed(config.seed)
     d = distributed.setup(config.sp_degree, config.sp_mode, resolve_device(config.device))
     try:
-        return _train(config, resume_from, saved, out, d)
+        result = _train(config, resume_from, saved, out, d)
+        distributed.finish(d)
+        return result
     finally:
         distributed.teardown(d)
 
