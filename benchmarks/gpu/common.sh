@@ -32,7 +32,7 @@ versions() {
 # wrote on an earlier machine: tilelang's compiled kernels, and Triton's autotuning winners
 # (*.autotune.json; FLA autotunes with cache_results, FLA_CACHE_RESULTS defaults to 1). With the
 # winners known, a fresh machine compiles each FLA kernel once instead of once per candidate config:
-# the sixth session lost most of two 560 s batches to that search on fresh machines.
+# the sixth session lost most of two 560 s batches on fresh machines, most likely to that search.
 if [[ -f .kernel-seed/kernel-cache.tgz ]]; then
   tar xzf .kernel-seed/kernel-cache.tgz --skip-old-files 2>/dev/null
 fi
