@@ -86,6 +86,7 @@ def test_selective_path_runs_selective_checkpointing_and_only_with_checkpointing
     assert modes == ["full", "selective"]
     assert all(r["real_tokens_per_s"] > 0 for r in report["results"])
     assert {r["path"] for r in report["fastest"]} == {"padfree", "padfree_selective"}
+    assert list(report["gate"]["errors"]) == ["padfree"]  # the shared forward is gated once
 
 
 def _leak(monkeypatch, op: str) -> None:

@@ -8,7 +8,7 @@
 set -u
 source benchmarks/gpu/common.sh
 versions
-python3 -c "import fla" || { note "FLA missing: install .gpu-a first"; exit 3; }
+require_fla
 R="torchrun --nproc-per-node 4 --master-port 29591"
 SP="benchmarks/bench_sequence_parallel.py"
 timed sp4_08b_tp_fla 290 $R $SP --shape 0.8b --out "$RESULTS/sp4_08b.jsonl" --stages throughput --tokens-per-gpu 16384 --backend fla --modes ulysses,context --warmup 3

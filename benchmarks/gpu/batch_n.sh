@@ -12,7 +12,7 @@
 set -u
 source benchmarks/gpu/common.sh
 versions
-python3 -c "import fla" || { note "FLA missing: install .gpu-a first"; exit 3; }
+require_fla
 SP="benchmarks/bench_sequence_parallel.py"
 (
   export CUDA_VISIBLE_DEVICES=0

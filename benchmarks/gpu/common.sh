@@ -23,6 +23,8 @@ timed() {
   note "$name rc=$rc"
   return $rc
 }
+# require_fla: stop the batch (exit 3) where FLA is not importable: a fresh machine needs .gpu-a first.
+require_fla() { python3 -c "import fla" || { note "FLA missing: install .gpu-a first"; exit 3; }; }
 versions() {
   nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$RESULTS/gpus.csv" 2>&1
   python3 -c "import torch, transformers, triton, fla; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" > "$RESULTS/versions.txt" 2>&1
