@@ -2,7 +2,9 @@
 
 For every scenario, family and mode: the loss and every parameter gradient of the sharded run
 (gradients summed over ranks) against the same model run unsharded on the same packed row on this
-rank. Rank 0 writes {name: {"loss": rel error, "grad": worst rel error, "param": its name}}.
+rank. Rank 0 writes {name: {"loss": rel error, "grad": worst rel error, "param": its name}}; for
+context parallelism also "summary_passes": each rank's count of state-summary passes (the extra
+gated-delta pass over its last piece) and "gdn_layers".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 import padfree
+import padfree.parallel.context as context
 from padfree.checkpointing import enable_checkpointing
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, gather_sequence, reduce_gradients, shard_batch
@@ -41,6 +44,20 @@ SCENARIOS = {
 # Ulysses cannot run at 8 on the tiny models' heads; context parallelism runs at any degree.
 MODES = {2: ("ulysses", "context"), 4: ("ulysses", "context"), 8: ("context",)}
 FEW_HEADS = dict(num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=1, linear_num_value_heads=2)
+
+
+SUMMARY_PASSES = [0]
+
+
+def _count_summary_passes():
+    """Count the calls of context parallelism's state-summary pass on this rank (SUMMARY_PASSES)."""
+    real = context._last_piece_summary
+
+    def counted(*args, **kwargs):
+        SUMMARY_PASSES[0] += 1
+        return real(*args, **kwargs)
+
+    context._last_piece_summary = counted
 
 
 def _samples(lengths, vocab, seed):
@@ -100,8 +117,9 @@ def run(rank: int, world: int, init_file: str, out_file: str):
     with tempfile.TemporaryDirectory() as tmp:
         models = {family: load_tiny_model(family, os.path.join(tmp, family)).train() for family in FAMILIES}
         few_heads = load_tiny_model("qwen3_5", os.path.join(tmp, "few"), **FEW_HEADS).train()
-        selective = load_tiny_model("qwen3_5", os.path.join(tmp, "selective")).train()
+        checkpointed_model = load_tiny_model("qwen3_5", os.path.join(tmp, "checkpointed")).train()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    _count_summary_passes()
     try:
         sp = SequenceParallel(dist.group.WORLD)
         results = {}
@@ -111,8 +129,15 @@ def run(rank: int, world: int, init_file: str, out_file: str):
                 batch = padfree.collate(_samples(lengths, model.config.vocab_size, seed=len(lengths)))
                 for mode in MODES[world]:
                     sp_mode = SequenceParallel(dist.group.WORLD, mode=mode)
+                    SUMMARY_PASSES[0] = 0
                     loss_err, grad_err, where = _compare(model, batch, sp_mode)
-                    results[f"{family}/{mode}/{scenario}"] = {"loss": loss_err, "grad": grad_err, "param": where}
+                    result = {"loss": loss_err, "grad": grad_err, "param": where}
+                    if mode == "context":
+                        passes = [None] * world
+                        dist.all_gather_object(passes, SUMMARY_PASSES[0])
+                        gdn_layers = model.config.layer_types.count("linear_attention")
+                        result.update(summary_passes=passes, gdn_layers=gdn_layers)
+                    results[f"{family}/{mode}/{scenario}"] = result
         model = models["qwen3_5"]
         batch = padfree.collate(_samples([5, 9, 6], model.config.vocab_size, seed=1))
         try:
@@ -130,13 +155,14 @@ def run(rank: int, world: int, init_file: str, out_file: str):
             results["qwen3_5/auto_above_head_counts/document_spans_three_ranks"] = {
                 "loss": loss_err, "grad": grad_err, "param": where, "modes": modes,
             }  # fmt: skip
-        if world == 2:  # selective activation checkpointing re-runs layers whose collectives cross ranks
-            enable_checkpointing(selective, "selective")
-            checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in selective.modules())
-            batch = padfree.collate(_samples([5, 9, 6], selective.config.vocab_size, seed=3))
+        if world == 2:  # activation checkpointing re-runs layers whose collectives cross ranks
+            enable_checkpointing(checkpointed_model)
+            checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in checkpointed_model.modules())
+            batch = padfree.collate(_samples([5, 9, 6], checkpointed_model.config.vocab_size, seed=3))
             for mode in MODES[world]:
-                loss_err, grad_err, where = _compare(selective, batch, SequenceParallel(dist.group.WORLD, mode=mode))
-                results[f"qwen3_5/{mode}/selective_checkpointing"] = {
+                sp_mode = SequenceParallel(dist.group.WORLD, mode=mode)
+                loss_err, grad_err, where = _compare(checkpointed_model, batch, sp_mode)
+                results[f"qwen3_5/{mode}/activation_checkpointing"] = {
                     "loss": loss_err, "grad": grad_err, "param": where, "checkpointed": checkpointed,
                 }  # fmt: skip
         if rank == 0:

@@ -39,7 +39,7 @@ CASES = [
     for mode in sp_worker.MODES[world]
     for scenario in scenarios
 ] + [(4, "qwen3_5/auto_above_head_counts/document_spans_three_ranks")]
-SELECTIVE = [(2, f"qwen3_5/{mode}/selective_checkpointing") for mode in sp_worker.MODES[2]]
+CHECKPOINTED = [(2, f"qwen3_5/{mode}/activation_checkpointing") for mode in sp_worker.MODES[2]]
 
 
 @pytest.mark.parametrize("world, name", CASES, ids=[f"sp{w}-{n}" for w, n in CASES])
@@ -49,13 +49,41 @@ def test_sharded_equals_unsharded(results, world, name):
     assert result["grad"] <= BOUND, f"{name}: grad of {result['param']} rel error {result['grad']:.2e}. {WHY}"
 
 
-@pytest.mark.parametrize("world, name", SELECTIVE, ids=[f"sp{w}-{n}" for w, n in SELECTIVE])
-def test_selective_checkpointing_sharded_equals_unsharded(results, world, name):
-    """Both runs re-run each layer under padfree.checkpointing's selective policy, collectives included;
+@pytest.mark.parametrize("world, name", CHECKPOINTED, ids=[f"sp{w}-{n}" for w, n in CHECKPOINTED])
+def test_checkpointing_sharded_equals_unsharded(results, world, name):
+    """Both runs re-run each layer in the backward pass (padfree.checkpointing), collectives included;
     tests/test_checkpointing.py shows the unsharded one equals the run without checkpointing."""
     result = results[world][name]
     assert result["checkpointed"], "the model must really run under activation checkpointing"
     assert result["loss"] <= BOUND and result["grad"] <= BOUND, f"{name}: {result}. {WHY}"
+
+
+def _ranks_whose_last_document_goes_on(lengths: list[int], world: int) -> list[bool]:
+    """From the document lengths alone: shard_batch pads the row to a multiple of `world` (the padding
+    is a document of its own) and rank r holds [r * shard, (r + 1) * shard)."""
+    total = sum(lengths) + (-sum(lengths) % world)
+    boundaries = set(torch.tensor([*lengths, total - sum(lengths)]).cumsum(0).tolist())
+    shard = total // world
+    return [(r + 1) * shard not in boundaries for r in range(world)]
+
+
+CONTEXT_CASES = [(world, f"{family}/context/{scenario}", lengths)
+                 for world, scenarios in sp_worker.SCENARIOS.items() for scenario, lengths in scenarios.items()
+                 for family in FAMILIES]  # fmt: skip
+
+
+def test_context_parallelism_runs_the_state_summary_pass_only_where_a_next_rank_reads_it(results):
+    """The extra gated-delta pass over a rank's last piece (its state summary) feeds only the next
+    rank's first document. Ranks whose shard ends at a document boundary, and the last rank, skip it
+    (their equivalence is checked above); the others run it once per Gated DeltaNet layer."""
+    skipped_on_some_middle_rank = False
+    for world, name, lengths in CONTEXT_CASES:
+        result = results[world][name]
+        goes_on = _ranks_whose_last_document_goes_on(lengths, world)
+        assert result["summary_passes"] == [result["gdn_layers"] * g for g in goes_on], (name, goes_on)
+        skipped_on_some_middle_rank |= not all(goes_on[:-1])
+    # Not vacuous: the scenarios include ranks that run the pass and middle ranks that skip it.
+    assert any(any(results[w][n]["summary_passes"]) for w, n, _ in CONTEXT_CASES) and skipped_on_some_middle_rank
 
 
 def test_auto_picks_context_when_heads_are_fewer_than_ranks(results):

@@ -7,7 +7,8 @@ come from one call of the same kernel: run the piece with values [v | 0] and ini
 [0 | I]; the state's V columns end as S_zero and its K columns as M. Only a rank's last piece can
 continue on the next rank, so each rank all-gathers one (S_zero, M) pair per rank and chains the
 pairs of the ranks its first document spans: S = M_j S + S_zero_j. Then it runs its tokens with
-that initial state. Cost: one extra pass over the last piece (V + K wide); bytes: P * HV * K * (V + K).
+that initial state. Cost: one extra pass over the last piece (V + K wide), only on ranks whose last
+document goes on to the next rank (never on the last rank); bytes: P * HV * K * (V + K).
 The conv's W - 1 token halo comes from an all-gather of every rank's last W - 1 inputs.
 
 Attention: all-gather K and V (Qwen3.5 has 2-4 KV heads: cheap), then each rank's queries attend
@@ -36,7 +37,11 @@ def gated_deltanet_context(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     tails = all_gather_stack(mixed_qkv[0, -tail:], row.sp.group)
     conv_state = _halo_state(mixed_qkv, tails, tail, row, width)
     q, k, v, g, beta = gdn_gate_inputs(module, mixed_qkv, b_1TH, a_1TH, row.local, backend, conv_state=conv_state)
-    summaries = all_gather_stack(_last_piece_summary(q, k, v, g, beta, row, backend), row.sp.group)
+    if row.continues_on_next_rank:
+        summary = _last_piece_summary(q, k, v, g, beta, row, backend)
+    else:
+        summary = _unread_summary(k, v)
+    summaries = all_gather_stack(summary, row.sp.group)
     initial_state = _initial_states(summaries, row, v)
     if conv_state is None:  # this rank used nobody's halo; its backward must still join the collective
         q = keep_in_graph(q, tails)
@@ -91,6 +96,15 @@ def _last_piece_summary(q, k, v, g, beta, row: ShardedRow, backend: str) -> torc
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     return final[0]
+
+
+def _unread_summary(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Zeros of a summary's shape and dtype (final states are fp32 in every backend) in place of one
+    no rank reads (the next rank starts a new document, or there is none): skips the V + K wide pass.
+    The all-gather still needs this rank's part, and its backward (a reduce-scatter the other ranks
+    wait for) runs only if the part is in the autograd graph: hence the zero-weighted tie to v."""
+    HV, V, K = v.shape[2], v.shape[3], k.shape[-1]
+    return keep_in_graph(v.new_zeros(HV, K, V + K, dtype=torch.float32), v[0, :1, :1, :1])
 
 
 def _initial_states(summaries: torch.Tensor, row: ShardedRow, v: torch.Tensor) -> torch.Tensor | None:

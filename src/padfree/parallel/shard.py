@@ -73,6 +73,11 @@ class ShardedRow:
     def shard_len(self) -> int:
         return self.end - self.start
 
+    @property
+    def continues_on_next_rank(self) -> bool:
+        """Whether this rank's last document goes on past `end` (never on the last rank: the row ends there)."""
+        return self.end not in self.packed.cu_seqlens_host
+
     @functools.cached_property
     def key_offsets(self) -> tuple[tuple[int, ...], torch.Tensor, int]:
         """Context-parallel attention's keys: this rank's documents from the first one's start (which
