@@ -72,23 +72,6 @@ def test_fastest_times_both_settings_and_compares_each_path_at_its_faster_one(tm
     assert "activation checkpointing on and off" in out and "each path at its faster checkpointing setting" in out
 
 
-def test_selective_path_runs_selective_checkpointing_and_only_with_checkpointing(tmp_path, monkeypatch):
-    import padfree.bench.train_step as train_step
-
-    modes, real = [], train_step.enable_checkpointing
-    monkeypatch.setattr(train_step, "enable_checkpointing", lambda model, mode: (modes.append(mode), real(model, mode)))
-    out_file = tmp_path / "bench.json"
-    assert main([*ARGS, "--paths", "padfree,padfree_selective", "--fastest", "--json", str(out_file)]) == 0
-    report = json.loads(out_file.read_text())
-    runs = [(r["path"], r["gradient_checkpointing"]) for r in report["results"]]
-    # Without checkpointing the selective path would be padfree's run again, so it is not repeated.
-    assert runs == [("padfree", True), ("padfree_selective", True), ("padfree", False)]
-    assert modes == ["full", "selective"]
-    assert all(r["real_tokens_per_s"] > 0 for r in report["results"])
-    assert {r["path"] for r in report["fastest"]} == {"padfree", "padfree_selective"}
-    assert list(report["gate"]["errors"]) == ["padfree"]  # the shared forward is gated once
-
-
 def _leak(monkeypatch, op: str) -> None:
     """Make the layer's `op` run the packed row as one sequence: state flows from each document to the next."""
     real = getattr(padfree.models.layers, op)
@@ -128,8 +111,6 @@ def test_bf16_gate_bound_follows_rounding_and_still_catches_a_leak(leaks, monkey
         (["--paths", "padfree,upstream"], "--paths padfree,upstream: give a comma list of upstream_padded"),
         (["--row-tokens", "64", "--median-len", "5000"], "every benchmark row holds a single document"),
         (["--fastest", "--no-gradient-checkpointing"], "--fastest times every path with checkpointing on and off"),
-        (["--paths", "padfree,padfree_selective", "--no-gradient-checkpointing"],
-         "--paths padfree_selective checkpoints by definition"),
     ],
 )
 def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):

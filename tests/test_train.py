@@ -168,20 +168,6 @@ def test_gradient_checkpointing_gives_the_same_steps(tmp_path, monkeypatch, cach
     assert [r["grad_norm"] for r in recomputed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-5)
 
 
-def test_selective_checkpointing_gives_the_same_steps(tmp_path, monkeypatch, cache_dir):
-    args = ["--max-tokens", "256", "--max-steps", "2", "--cache-dir", cache_dir]
-    assert main(["train", *args, "--output-dir", str(tmp_path / "plain")]) == 0
-    modes, real = [], padfree.train.model.enable_checkpointing
-    monkeypatch.setattr(padfree.train.model, "enable_checkpointing",
-                        lambda model, mode: (modes.append(mode), real(model, mode)))  # fmt: skip
-    assert main(["train", *args, "--selective-checkpointing", "--output-dir", str(tmp_path / "selective")]) == 0
-    assert modes == ["selective"]  # the flag alone turns checkpointing on, in its selective mode
-    plain = read_metrics(tmp_path / "plain/metrics.jsonl")
-    selective = read_metrics(tmp_path / "selective/metrics.jsonl")
-    assert losses(selective) == pytest.approx(losses(plain), abs=1e-6)
-    assert [r["grad_norm"] for r in selective] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-5)
-
-
 def test_config_file_with_flag_override(tmp_path, cache_dir):
     (tmp_path / "run.yaml").write_text("max-tokens: 256\nmax_steps: 2\nlr: 1e-3\nsave-every: 0\n")
     out = tmp_path / "run"

@@ -38,8 +38,6 @@ _HELP = {
     "weight_decay": "AdamW weight decay on matrices (default: 0)",
     "max_grad_norm": "clip the gradient norm to this; 0 disables (default: 1.0)",
     "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30%% more compute)",
-    "selective_checkpointing": "activation checkpointing that keeps the matmul and attention outputs and recomputes "
-    "the rest (padfree.checkpointing; implies --gradient-checkpointing; GPU speed not yet measured)",
     "seed": "seed of the initial weights (embedded model), the data order and torch (default: 0)",
     "dtype": " | ".join(TRAIN_DTYPES) + " (default: auto = bf16-mixed on CUDA: fp32 weights and optimizer, bf16 "
     "compute; float32 on CPU)",
@@ -47,8 +45,8 @@ _HELP = {
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
     "compile_elementwise": "torch.compile the RMSNorms and MLPs around the kernels; the first step compiles "
-    "(H100, 0.8B shape: +14%% tokens/s, -31%% peak memory without --gradient-checkpointing, -8%% tokens/s "
-    "with it; docs/benchmarks.md; off by default)",
+    "(0.8B shape without --gradient-checkpointing: +14%% tokens/s, -31%% peak memory on an H100; with it, "
+    "-8%% on an H100 and +13%% on an H200; docs/benchmarks.md; off by default)",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
@@ -61,7 +59,7 @@ _HELP = {
     "resume": "continue from a checkpoint folder, or from an output dir's newest complete checkpoint",
     "overwrite": "replace a previous run's checkpoints and metrics in --output-dir (demo: on by default)",
 }
-_BOOLS = ("gradient_checkpointing", "selective_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
+_BOOLS = ("gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")

@@ -23,7 +23,7 @@ import padfree
 from padfree.bench.gate import correctness_gate, gate_lengths
 from padfree.bench.shapes import GATE_INIT_STD, SHAPES, shape_config
 from padfree.bench.train_step import (
-    CHECKPOINTING_MODES, DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
+    DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
     measure,
 )  # fmt: skip
 
@@ -60,10 +60,6 @@ def _validate(s: BenchSettings) -> None:
         raise ValueError(
             "--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing."
         )
-    checkpointing_only = [p for p in s.paths if p in CHECKPOINTING_MODES]
-    if checkpointing_only and s.gradient_checkpointing is False:
-        raise ValueError(f"--paths {','.join(checkpointing_only)} checkpoints by definition; drop "
-                         f"--no-gradient-checkpointing or that path.")  # fmt: skip
 
 
 def checkpointing_settings(s: BenchSettings) -> tuple[bool, ...]:
@@ -204,13 +200,7 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
         return 2
     report = _new_report(s, device, dtype, config, workload)
     print(_header(report), file=out)
-    # One gate run per distinct patch: the gate compares forward logits, which padfree_selective shares
-    # with padfree (they differ only in how the backward recomputes), so that forward is checked once.
-    patches: dict[str, dict] = {}
-    for path in s.paths:
-        if path in PATCH_SETTINGS and PATCH_SETTINGS[path] not in patches.values():
-            patches[path] = PATCH_SETTINGS[path]
-    patches = patches or {"padfree": {}}
+    patches = {path: PATCH_SETTINGS[path] for path in s.paths if path in PATCH_SETTINGS} or {"padfree": {}}
     gate = correctness_gate(config, lengths, device, dtype, s.seed, GATE_INIT_STD[s.shape], patches)
     report["gate"] = gate
     _write(report, s.json)
@@ -226,8 +216,6 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
     settings = checkpointing_settings(s)
     for checkpointing in settings:
         for path in s.paths:
-            if path in CHECKPOINTING_MODES and not checkpointing:
-                continue  # without checkpointing it is another path's run again
             result = _measure_or_refusal(path, checkpointing, s, config, workload, device, dtype)
             report["results"].append(result)
             _add_ratios(report["results"])

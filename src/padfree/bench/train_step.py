@@ -8,10 +8,7 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
     padfree          the patched model on the same rows
     padfree_compiled the same, patched with compile_elementwise=True (padfree.models.compiled): its
                      norms and MLPs under torch.compile; compiled in the warm-up steps. Not in the
-                     default paths: it pays only without checkpointing (`--paths` adds it).
-    padfree_selective padfree with selective activation checkpointing (padfree.checkpointing): the
-                     matmul and attention outputs are kept, the rest recomputed. Timed only with
-                     checkpointing on (off, it would be padfree again). Not in the default paths.
+                     default paths (`--paths` adds it).
 
 The samples are the documents of `steps + warmup` packed rows drawn from long-tailed (lognormal)
 lengths; the padded path trains exactly those documents, the warm-up rows' documents in its warm-up
@@ -44,12 +41,10 @@ from padfree.corpus import lognormal_lengths
 from padfree.packing import pack
 from padfree.train.metrics import mfu, peak_bf16_flops
 
-PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_selective")
+PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled")
 DEFAULT_PATHS = PATHS[:3]
 # padfree.patch's settings of each padfree path (the other paths stay unpatched)
-PATCH_SETTINGS = {"padfree": {}, "padfree_compiled": {"compile_elementwise": True}, "padfree_selective": {}}
-# padfree.checkpointing's mode of the paths that differ in how they checkpoint (all others: "full")
-CHECKPOINTING_MODES = {"padfree_selective": "selective"}
+PATCH_SETTINGS = {"padfree": {}, "padfree_compiled": {"compile_elementwise": True}}
 # The issue's baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
 # which pads more; 4 is the kinder baseline for upstream.
 PADDED_BATCH = 4
@@ -130,10 +125,9 @@ def unseen_shapes(warm: list[dict], timed: list[dict]) -> list[dict]:
     return out
 
 
-def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool,
-                patch: dict | None, checkpointing_mode: str = "full"):  # fmt: skip
+def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, checkpointing: bool, patch: dict | None):
     """The same random init for every path: the seed is set right before construction. `patch`:
-    padfree.patch's settings, or None for the unpatched model; `checkpointing_mode`: padfree.checkpointing's."""
+    padfree.patch's settings, or None for the unpatched model."""
     from transformers import Qwen3_5ForCausalLM
 
     torch.manual_seed(seed)
@@ -142,7 +136,7 @@ def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, che
     if patch is not None:
         padfree.patch(model, **patch)
     if checkpointing:
-        enable_checkpointing(model, checkpointing_mode)
+        enable_checkpointing(model)
     return model
 
 
@@ -164,8 +158,7 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
     timed = [(_to(b, device), slots) for b, slots in _batches(path, workload, workload.rows[workload.warmup :])]
     lengths = workload.lengths(workload.rows[workload.warmup :])
     real, slots, num_steps = sum(lengths), sum(s for _, s in timed), len(timed)
-    mode = CHECKPOINTING_MODES.get(path, "full")
-    model = build_model(config, seed, device, dtype, checkpointing, PATCH_SETTINGS.get(path), mode)
+    model = build_model(config, seed, device, dtype, checkpointing, PATCH_SETTINGS.get(path))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
 
     def step(batch):

@@ -21,7 +21,7 @@ import torch
 
 # Class-name endings of the modules compiled (Qwen3_5*, Qwen3_5Moe*, Qwen3Next* share them).
 COMPILED_SUFFIXES = ("RMSNorm", "RMSNormGated", "MLP")
-COMPILED_MARK = "_padfree_compiled"
+_MARK = "_padfree_compiled"
 # torch.compile's backend; tests swap in "aot_eager" (same graphs, no C++/Triton code generation).
 COMPILE_BACKEND = "inductor"
 
@@ -41,11 +41,11 @@ def compile_elementwise(model: torch.nn.Module) -> None:
     for module in model.modules():
         if _is_compiled_kind(module):
             module.forward = torch.compile(type(module).forward.__get__(module), backend=COMPILE_BACKEND)
-            setattr(module, COMPILED_MARK, True)
+            setattr(module, _MARK, True)
 
 
 def uncompile_elementwise(model: torch.nn.Module) -> None:
     """Undo `compile_elementwise` (a no-op where nothing was compiled)."""
     for module in model.modules():
-        if module.__dict__.pop(COMPILED_MARK, False):
+        if module.__dict__.pop(_MARK, False):
             module.__dict__.pop("forward", None)

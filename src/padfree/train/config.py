@@ -48,7 +48,6 @@ class TrainConfig:
     weight_decay: float = 0.0  # applied to matrices only (not norms or biases)
     max_grad_norm: float = 1.0  # 0 disables clipping (the norm is still reported)
     gradient_checkpointing: bool = False
-    selective_checkpointing: bool = False  # checkpointing that keeps matmul outputs (padfree.checkpointing)
     seed: int = 0
     dtype: str = "auto"  # auto: bf16-mixed on CUDA (fp32 weights, bf16 compute), float32 on CPU
     device: str = "auto"
@@ -78,7 +77,7 @@ DEMO_PRESET = dict(lr=3e-3, max_steps=60, warmup_steps=5, log_every=5, save_ever
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _FLOATS = {"lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha"}
-_BOOLS = {"gradient_checkpointing", "selective_checkpointing", "compile_elementwise", "tensorboard", "overwrite"}
+_BOOLS = {"gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite"}
 _INTS = {"max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed",
          "lora_rank", "save_every", "keep_last", "log_every", "sp_degree"}  # fmt: skip
 # Settings that change the loss curve; a resume that changes one no longer matches the original run.
@@ -209,9 +208,6 @@ def validate(config: TrainConfig) -> None:
         raise TrainError(f"--lr must be > 0, got {config.lr}.")
     if not 0 <= config.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio must be in [0, 1], got {config.min_lr_ratio}.")
-    if config.selective_checkpointing and config.compile_elementwise:
-        raise TrainError("--selective-checkpointing does not combine with --compile-elementwise (torch's selective "
-                         "checkpointing cannot replay compiled modules); drop one of them.")  # fmt: skip
     choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", TRAIN_DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
                   ("attention_backend", ATTENTION_BACKENDS), ("sp_mode", SP_MODES))  # fmt: skip
     for key, choices in choices_of:

@@ -194,8 +194,8 @@ def prepare_model(
         if sequence_parallel is None:
             raise
         raise TrainError(f"--sp-degree {config.sp_degree} --sp-mode {config.sp_mode}: {error}") from None
-    if config.gradient_checkpointing or config.selective_checkpointing:
-        enable_checkpointing(model, "selective" if config.selective_checkpointing else "full")
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
     model.config.use_cache = False
     return model.to(device).train()
 
