@@ -117,7 +117,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
     with tempfile.TemporaryDirectory() as tmp:
         models = {family: load_tiny_model(family, os.path.join(tmp, family)).train() for family in FAMILIES}
         few_heads = load_tiny_model("qwen3_5", os.path.join(tmp, "few"), **FEW_HEADS).train()
-        checkpointed_model = load_tiny_model("qwen3_5", os.path.join(tmp, "checkpointed")).train()
+        checkpointed_model = load_tiny_model("qwen3_5", os.path.join(tmp, "ckpt")).train() if world == 2 else None
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     _count_summary_passes()
     try:

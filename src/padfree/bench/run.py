@@ -23,8 +23,7 @@ import padfree
 from padfree.bench.gate import correctness_gate, gate_lengths
 from padfree.bench.shapes import GATE_INIT_STD, SHAPES, shape_config
 from padfree.bench.train_step import (
-    DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
-    measure,
+    DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload, measure,
 )  # fmt: skip
 
 

@@ -99,8 +99,9 @@ def patch(
     compile_elementwise: `torch.compile` the RMSNorms, gated RMSNorms and MLPs (padfree.models.compiled)
                        and the fused loss's per-chunk softmax gradient (padfree.loss_chunked). Off by
                        default: the first step compiles, and a new row length recompiles. Measured on
-                       an H100 (0.8B shape): +14% tokens/s and -31% peak memory without activation
-                       checkpointing, -8% tokens/s with it; use it without checkpointing.
+                       the 0.8B shape: +14% tokens/s and -31% peak memory without activation
+                       checkpointing (H100); with it, -8% on an H100 and +13% on an H200
+                       (docs/benchmarks.md).
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
