@@ -48,6 +48,7 @@ def main():
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
+    parser.add_argument("--elementwise-backend", default="auto", help="norms and MLPs: auto, torch (upstream's), fla")
     parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--device", default="cuda")
@@ -68,7 +69,7 @@ def main():
     model = (model if mixed else model.to(torch.bfloat16)).train()
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    padfree.patch(model, backend=args.backend, sequence_parallel=sp)
+    padfree.patch(model, backend=args.backend, sequence_parallel=sp, elementwise_backend=args.elementwise_backend)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda)
     row_tokens = args.row_tokens * world
     lengths = [int(n) for n in lognormal_lengths(64 * world, median=600, sigma=1.0, max_len=row_tokens, seed=0)]
@@ -112,18 +113,21 @@ def main():
     events = prof.key_averages()
     # kernels only: the aten ops that launch them report the same time again as their own self time
     kernel_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3
+    launches = sum(e.count for e in events if e.device_type == DeviceType.CUDA)
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     parallel = "" if sp is None else f", {world} ranks {sp.layer_modes or args.sp_mode} ({world * args.row_tokens}-token row)"
     lines = [
         f"shape {args.shape}, {args.row_tokens} tokens per rank{parallel}, checkpointing {args.checkpointing}, "
-        f"backend {args.backend}, {name}",
+        f"backend {args.backend}, elementwise {args.elementwise_backend}, {name}",
         f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s per rank); kernels {kernel_ms:.1f} ms "
         f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step); precision {args.precision}",
-        f"host-device syncs in one step: {sum(syncs.values())}",
+        f"kernels launched in one step: {launches}; host-device syncs in one step: {sum(syncs.values())}",
         *(f"  {n:4d} x {where}" for where, n in syncs.most_common(15)),
         events.table(sort_by=sort_by, row_limit=40, max_name_column_width=70),
     ]
+    if cuda:  # where the host's time goes when the GPU waits for it (GPU busy well below 100%)
+        lines += ["host time by op (self CPU):", events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
     text = "\n".join(lines)
     rank = 0 if sp is None else dist.get_rank()
     if rank == 0:

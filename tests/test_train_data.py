@@ -174,3 +174,21 @@ def test_shape_must_be_uniform():
 def test_backend_that_cannot_run_here(tmp_path, capsys):
     err = run_error(capsys, ["--backend", "fla", "--device", "cpu", "--output-dir", str(tmp_path / "out")])
     assert "backend='fla' needs CUDA tensors" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "config_text, flags, message",
+    [
+        ("", ["--elementwise-backend", "fla"], "--elementwise-backend fla runs FLA's Triton kernels, which need CUDA"),
+        # argparse refuses a bad flag value itself; a config file goes through padfree's own check
+        ("elementwise_backend: triton\n", [], "--elementwise-backend must be one of auto, torch, fla"),
+    ],
+)
+def test_elementwise_backend_that_cannot_run_here(tmp_path, capsys, monkeypatch, config_text, flags, message):
+    import padfree.models.fused as fused
+
+    monkeypatch.setattr(fused, "fla_available", lambda: True)  # the CUDA check, not the install check, must fire
+    (tmp_path / "c.yaml").write_text(config_text + "max_tokens: 256\n")
+    args = ["--config", str(tmp_path / "c.yaml"), *flags, "--device", "cpu", "--output-dir", str(tmp_path / "out")]
+    err = run_error(capsys, args)
+    assert message in err and not (tmp_path / "out").exists()

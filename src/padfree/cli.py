@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from padfree.train.config import (
-    ATTENTION_BACKENDS, DEVICES, DTYPES, GDN_BACKENDS, TRAIN_DTYPES, OVERLONG_POLICIES, SP_MODES, field_names,
+    ATTENTION_BACKENDS, DEVICES, DTYPES, ELEMENTWISE_BACKENDS, GDN_BACKENDS, TRAIN_DTYPES, OVERLONG_POLICIES, SP_MODES,
+    field_names,
 )
 
 _HELP = {
@@ -44,9 +45,11 @@ _HELP = {
     "device": " | ".join(DEVICES) + " (default: auto)",
     "backend": "Gated DeltaNet kernels: auto | torch | fla (default: auto)",
     "attention_backend": "auto | varlen_attn | flash_attn | sdpa_per_doc (default: auto)",
-    "compile_elementwise": "torch.compile the RMSNorms and MLPs around the kernels; the first step compiles "
-    "(0.8B shape without --gradient-checkpointing: +14%% tokens/s, -31%% peak memory on an H100; with it, "
-    "-8%% on an H100 and +13%% on an H200; docs/benchmarks.md; off by default)",
+    "compile_elementwise": "torch.compile the RMSNorms and MLPs around the kernels instead of FLA's fused kernels; "
+    "the first step compiles. Measured slower than the fused default on an H200 (0.8B shape: -7%% without "
+    "--gradient-checkpointing, -30%% with it; docs/benchmarks.md); off by default",
+    "elementwise_backend": "the RMSNorms, gated RMSNorms and MLPs: auto (FLA's fused Triton kernels on CUDA "
+    "when FLA is installed and --compile-elementwise is off) | torch (upstream's eager code) | fla (default: auto)",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
@@ -64,7 +67,8 @@ _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "war
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")
 _CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": TRAIN_DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
-            "attention_backend": ATTENTION_BACKENDS, "sp_mode": SP_MODES}  # fmt: skip
+            "attention_backend": ATTENTION_BACKENDS, "elementwise_backend": ELEMENTWISE_BACKENDS,
+            "sp_mode": SP_MODES}  # fmt: skip
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:

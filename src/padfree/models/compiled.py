@@ -5,7 +5,9 @@ casts in and out), the gated RMSNorm of the Gated DeltaNet output and the SwiGLU
 MLP as chains of small eager ops, each reading and writing the whole [T, C] activation. The third
 GPU session's profile (docs/benchmarks.md) put elementwise multiplies and copies at 49 of 186 ms of
 kernel time per step. Inductor fuses each chain into a few kernels, forward and backward; nothing
-here is written by hand, so the numbers are upstream's own formulas.
+here is written by hand, so the numbers are upstream's own formulas. On CUDA, FLA's fused Triton
+kernels for the same modules (padfree.models.fused) are the default and measured faster (eighth GPU
+session, docs/benchmarks.md); this stays for setups that prefer inductor, and replaces them when on.
 
 What is compiled: the instance `forward` of every text module whose class is a family's RMSNorm,
 RMSNormGated or MLP (an MLP only while its projections are plain `nn.Linear`, i.e. not wrapped by

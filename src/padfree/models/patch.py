@@ -15,7 +15,7 @@ import transformers
 from packaging.version import Version
 
 from padfree.models.causal_lm import PACKED_KWARG, packed_causal_lm_forward
-from padfree.models import compiled
+from padfree.models import compiled, fused
 from padfree.models.layers import attention_packed, gated_deltanet_packed
 from padfree.parallel.layers import sharded_mixer
 from padfree.parallel.mesh import SequenceParallel
@@ -86,6 +86,7 @@ def patch(
     fused_loss: bool = True,
     sequence_parallel: SequenceParallel | None = None,
     compile_elementwise: bool = False,
+    elementwise_backend: str = "auto",
 ) -> torch.nn.Module:
     """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
 
@@ -98,13 +99,19 @@ def patch(
                        model's heads here, before any compute.
     compile_elementwise: `torch.compile` the RMSNorms, gated RMSNorms and MLPs (padfree.models.compiled)
                        and the fused loss's per-chunk softmax gradient (padfree.loss_chunked). Off by
-                       default: the first step compiles, and a new row length recompiles. Measured on
-                       the 0.8B shape: +14% tokens/s and -31% peak memory without activation
-                       checkpointing (H100); with it, -8% on an H100 and +13% on an H200
-                       (docs/benchmarks.md).
+                       default: the first step compiles, a new row length recompiles, and on an H200
+                       it was slower than the fused default below (0.8B shape: -7% without activation
+                       checkpointing, -30% with it; docs/benchmarks.md).
+    elementwise_backend: the same norms and MLPs: "auto" runs FLA's fused Triton kernels on CUDA inputs
+                       when flash-linear-attention is installed and compile_elementwise is off, upstream's
+                       eager code otherwise; "fla" requires FLA (and CUDA inputs); "torch" always runs
+                       upstream's code (padfree.models.fused). Fused vs upstream's, same run, H200:
+                       +22% tokens/s (0.8B, no checkpointing), +19% (~4B, checkpointing); one H100
+                       run gave +16% with checkpointing and -7.5% without.
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
+    fused.check_elementwise_backend(elementwise_backend, compile_elementwise)
     inner = _unwrap(model)
     name = type(inner).__name__
     if name not in SUPPORTED_CLASSES:
@@ -132,8 +139,10 @@ def patch(
     )
     if compile_elementwise:
         compiled.compile_elementwise(inner)
+    elif elementwise_backend == "fla" or (elementwise_backend == "auto" and fused.fla_available()):
+        fused.use_fla_elementwise(inner, required=elementwise_backend == "fla")
     settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss,
-                    compile_elementwise=compile_elementwise)  # fmt: skip
+                    compile_elementwise=compile_elementwise, elementwise_backend=elementwise_backend)  # fmt: skip
     setattr(inner, _MARK, dict(settings, sequence_parallel=sequence_parallel))
     return model
 
@@ -146,6 +155,7 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
     inner.__dict__.pop("forward", None)
     inner.__dict__.pop(_MARK, None)
     compiled.uncompile_elementwise(inner)
+    fused.remove_fla_elementwise(inner)
     return model
 
 

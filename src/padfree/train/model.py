@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import padfree
 from padfree.checkpointing import enable_checkpointing
 from padfree.corpus import bundled_path
+from padfree.models.fused import check_elementwise_backend
 from padfree.ops._backend import resolve_backend
 from padfree.ops.attention import varlen_attention
 from padfree.tiny import causal_lm_class, tiny_config
@@ -165,6 +166,15 @@ def check_backends(config: TrainConfig, device: torch.device, dtype: torch.dtype
         varlen_attention(probe, probe, probe, cu, 2, backend=config.attention_backend)
     except ValueError as error:
         raise TrainError(f"--backend {config.backend} / --attention-backend {config.attention_backend}: {error}") from None
+    try:
+        check_elementwise_backend(config.elementwise_backend, config.compile_elementwise)
+    except ValueError as error:
+        raise TrainError(f"--elementwise-backend {config.elementwise_backend}: {error}") from None
+    if config.elementwise_backend == "fla" and device.type != "cuda":
+        raise TrainError(
+            f"--elementwise-backend fla runs FLA's Triton kernels, which need CUDA; the device is {device}. "
+            "Use --elementwise-backend auto (upstream's norms off the GPU)."
+        )
 
 
 def prepare_model(
@@ -183,7 +193,7 @@ def prepare_model(
         model.name_or_path = str(base.resolve())
         model = _add_lora(model, config, resume_from)
     settings = dict(backend=config.backend, attention_backend=config.attention_backend,
-                    compile_elementwise=config.compile_elementwise)  # fmt: skip
+                    compile_elementwise=config.compile_elementwise, elementwise_backend=config.elementwise_backend)  # fmt: skip
     if sequence_parallel is not None:
         settings["sequence_parallel"] = sequence_parallel
     try:
