@@ -42,7 +42,10 @@ class PackedBatch:
         return [offsets[i + 1] - offsets[i] for i in range(self.num_docs)]
 
     def to(self, device: torch.device | str) -> "PackedBatch":
-        return PackedBatch(self.cu_seqlens.to(device), self.cu_seqlens_host, self.max_seqlen)
+        # non_blocking: a blocking host-to-device copy synchronises the stream, i.e. waits for every
+        # kernel queued before it (the GPU profiles counted it once per step). An async copy from
+        # pageable memory stages the bytes before returning, so the source may be freed at once.
+        return PackedBatch(self.cu_seqlens.to(device, non_blocking=True), self.cu_seqlens_host, self.max_seqlen)
 
 
 def packed_from_lengths(lengths: Sequence[int], device: torch.device | str = "cpu") -> PackedBatch:

@@ -85,7 +85,8 @@ class ShardedRow:
         row, shared by every attention layer."""
         back = self.start - self.first_doc_start
         offsets = (0, *(o + back for o in self.local.cu_seqlens_host[1:]))
-        device_offsets = torch.tensor(offsets, dtype=torch.int32).to(self.local.cu_seqlens.device)
+        # non_blocking: no stream sync (see PackedBatch.to)
+        device_offsets = torch.tensor(offsets, dtype=torch.int32).to(self.local.cu_seqlens.device, non_blocking=True)
         return offsets, device_offsets, max(b - a for a, b in zip(offsets, offsets[1:]))
 
 
