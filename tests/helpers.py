@@ -1,6 +1,9 @@
-"""Shared test helpers: the one tolerance check every comparison in the suite uses."""
+"""Shared test helpers: the one tolerance check every comparison in the suite uses, and a small bench run."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -29,3 +32,19 @@ def assert_close(name: str, reference: torch.Tensor, actual: torch.Tensor, bound
     err = rms_relative_error(reference, actual)
     if not err <= bound:
         raise AssertionError(f"{name}: RMS-relative error {err:.3e} > bound {bound:.1e}. {why}".rstrip())
+
+
+def tiny_bench_report(tmp_path: Path, paths: str) -> tuple[dict, dict]:
+    """`padfree bench` on the tiny CPU shape (1 warm-up and 1 timed 256-token row) for the comma list
+    `paths`; returns (the JSON report, its results by path) after checking the gate covered every
+    padfree path and passed."""
+    from padfree.cli import main
+
+    out_file = tmp_path / "bench.json"
+    args = ["bench", "--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--row-tokens", "256",
+            "--median-len", "48", "--paths", paths, "--json", str(out_file)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(out_file.read_text())
+    assert set(report["gate"]["errors"]) == {p for p in paths.split(",") if p.startswith("padfree")}
+    assert report["gate"]["passed"] and max(report["gate"]["errors"].values()) <= report["gate"]["bound"]
+    return report, {r["path"]: r for r in report["results"]}

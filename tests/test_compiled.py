@@ -8,8 +8,6 @@ machines); inductor's own numerics were checked on CPU by hand (docs/benchmarks.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -18,7 +16,7 @@ import padfree
 import padfree.models.compiled as compiled
 from padfree.cli import main
 from padfree.tiny import FAMILIES, load_tiny_model
-from tests.helpers import assert_close
+from tests.helpers import assert_close, tiny_bench_report
 
 # fp32: compiling changes no formula; aot_eager runs the same aten ops, so only op fusion could
 # reorder a sum, and it does not here.
@@ -97,14 +95,7 @@ def test_peft_wrapped_mlp_is_left_eager(tmp_path):
 
 
 def test_bench_gates_and_times_the_compiled_path(tmp_path, capsys):
-    out_file = tmp_path / "bench.json"
-    args = ["bench", "--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--row-tokens", "256",
-            "--median-len", "48", "--paths", "padfree,padfree_compiled", "--json", str(out_file)]  # fmt: skip
-    assert main(args) == 0
-    report = json.loads(out_file.read_text())
-    assert set(report["gate"]["errors"]) == {"padfree", "padfree_compiled"}
-    assert report["gate"]["passed"] and max(report["gate"]["errors"].values()) <= report["gate"]["bound"]
-    results = {r["path"]: r for r in report["results"]}
+    _, results = tiny_bench_report(tmp_path, "padfree,padfree_compiled")
     assert results["padfree_compiled"]["real_tokens"] == results["padfree"]["real_tokens"] > 0
     assert "padfree_compiled: max RMS-relative logits error" in capsys.readouterr().out
 

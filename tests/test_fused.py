@@ -8,15 +8,13 @@ whose formulas FLA computes, CPU inputs fall back to upstream's own forward (or 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import padfree
 import padfree.models.fused as fused
-from padfree.cli import main
 from padfree.tiny import load_tiny_model
+from tests.helpers import tiny_bench_report
 
 
 def _marked(model) -> dict[str, str]:
@@ -91,13 +89,6 @@ def test_cpu_inputs_run_upstream_forwards_under_auto_and_are_refused_under_fla(t
 
 
 def test_bench_gates_and_times_the_eager_norms_path(tmp_path, capsys):
-    out_file = tmp_path / "bench.json"
-    args = ["bench", "--shape", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--row-tokens", "256",
-            "--median-len", "48", "--paths", "padfree,padfree_eager_norms", "--json", str(out_file)]  # fmt: skip
-    assert main(args) == 0
-    report = json.loads(out_file.read_text())
-    assert set(report["gate"]["errors"]) == {"padfree", "padfree_eager_norms"}
-    assert report["gate"]["passed"]
-    results = {r["path"]: r for r in report["results"]}
+    _, results = tiny_bench_report(tmp_path, "padfree,padfree_eager_norms")
     assert results["padfree_eager_norms"]["real_tokens"] == results["padfree"]["real_tokens"] > 0
     assert "padfree_eager_norms: max RMS-relative logits error" in capsys.readouterr().out
