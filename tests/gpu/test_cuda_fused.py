@@ -71,15 +71,19 @@ def test_fused_modules_match_upstream_forward(tmp_path, family):
         module.to(torch.float32)
 
 
-def _loss_and_grads(model, batch):
+def _loss_and_grads(model, batch, autocast: bool = False):
     model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
     loss.backward()
     return loss.detach().float(), torch.cat([p.grad.float().reshape(-1) for p in model.parameters()])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_training_step_with_fused_modules_is_as_close_to_fp32(tmp_path, family):
+def test_packed_training_step_with_fused_modules_is_as_close_to_fp32(tmp_path, family, precision):
+    """bf16 weights (padfree bench), or fp32 weights under bf16 autocast (padfree train on CUDA), where
+    the fused norms get fp32 residual-stream inputs and bf16 projections' outputs."""
     gen = torch.Generator().manual_seed(0)
     lengths = [70, 1, 17, 130, 3]
     batch = padfree.collate([{"input_ids": torch.randint(0, 256, (n,), generator=gen)} for n in lengths])
@@ -87,9 +91,10 @@ def test_packed_training_step_with_fused_modules_is_as_close_to_fp32(tmp_path, f
     assert len(batch["cu_seq_lens_q"]) - 1 == len(lengths)
     reference_model = load_tiny_model(family, tmp_path).to(DEVICE).train()
     reference = _loss_and_grads(padfree.patch(reference_model, elementwise_backend="torch"), batch)
-    model = load_tiny_model(family, tmp_path).to(DEVICE, torch.bfloat16).train()
-    eager = _loss_and_grads(padfree.patch(model, elementwise_backend="torch"), batch)
-    fused_run = _loss_and_grads(padfree.patch(model, elementwise_backend="fla"), batch)
+    mixed = precision == "bf16-mixed"
+    model = load_tiny_model(family, tmp_path).to(DEVICE, torch.float32 if mixed else torch.bfloat16).train()
+    eager = _loss_and_grads(padfree.patch(model, elementwise_backend="torch"), batch, autocast=mixed)
+    fused_run = _loss_and_grads(padfree.patch(model, elementwise_backend="fla"), batch, autocast=mixed)
     for i, name in enumerate(("loss", "gradients")):
         eager_error = rms_relative_error(reference[i], eager[i])
         assert_close(name, reference[i], fused_run[i], 1.5 * eager_error + 1e-3,
