@@ -42,10 +42,20 @@ class PackedBatch:
         return [offsets[i + 1] - offsets[i] for i in range(self.num_docs)]
 
     def to(self, device: torch.device | str) -> "PackedBatch":
-        # non_blocking: a blocking host-to-device copy synchronises the stream, i.e. waits for every
-        # kernel queued before it (the GPU profiles counted it once per step). An async copy from
-        # pageable memory stages the bytes before returning, so the source may be freed at once.
-        return PackedBatch(self.cu_seqlens.to(device, non_blocking=True), self.cu_seqlens_host, self.max_seqlen)
+        return PackedBatch(offsets_to(self.cu_seqlens, device), self.cu_seqlens_host, self.max_seqlen)
+
+
+def offsets_to(offsets: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`offsets` (a small host tensor) on `device`, without waiting for the GPU's queue.
+
+    A blocking host-to-device copy synchronises the stream: it waits for every kernel queued before
+    it (the GPU profiles counted one per training step). From pinned memory the copy is asynchronous,
+    and torch keeps the pinned block alive until it has run. Any other move is a plain `.to`.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and offsets.device.type == "cpu":
+        return offsets.pin_memory().to(device, non_blocking=True)
+    return offsets.to(device)
 
 
 def packed_from_lengths(lengths: Sequence[int], device: torch.device | str = "cpu") -> PackedBatch:

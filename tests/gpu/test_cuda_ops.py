@@ -44,3 +44,20 @@ def test_cuda_backend_matches_the_fp32_oracle(backend):
     actual = _run(backend, leaves, cu, "cuda")
     for name, ref, out in zip(NAMES, reference, actual):
         assert_close(f"{backend} {name}", ref, out, BOUND, BF16_WHY)
+
+
+def test_row_offsets_reach_the_gpu_without_a_stream_sync():
+    """PackedBatch.to copies the offsets from pinned memory, asynchronously: with torch's sync debug
+    mode set to "error", a blocking copy (what `.to(device)` of a pageable tensor does) would raise."""
+    from padfree.varlen import packed_from_lengths
+
+    packed = packed_from_lengths([5, 1, 17, 9])
+    busy = torch.randn(4096, 4096, device="cuda")
+    busy @ busy  # queued work that a synchronising copy would wait for
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        on_gpu = packed.to("cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert on_gpu.cu_seqlens.device.type == "cuda"
+    assert on_gpu.cu_seqlens.tolist() == list(packed.cu_seqlens_host) == [0, 5, 6, 23, 32]

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import torch
 
+from padfree.varlen import offsets_to
+
 
 def fla_offsets(
     cu_seqlens: torch.Tensor, host_offsets: Sequence[int] | None
@@ -41,7 +43,4 @@ def fla_offsets(
 @functools.lru_cache(maxsize=8)
 def _cached(offsets: tuple[int, ...], device: torch.device, dtype: torch.dtype):
     host = torch.tensor(offsets, dtype=torch.long)
-    staged = host.to(dtype)
-    if device.type == "cuda":
-        staged = staged.pin_memory()  # a non-blocking copy needs pinned memory, else it syncs
-    return staged.to(device, non_blocking=True), host
+    return offsets_to(host.to(dtype), device), host

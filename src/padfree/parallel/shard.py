@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from padfree.loss import IGNORE_INDEX, shift_labels
 from padfree.parallel.comm import all_gather_stack
 from padfree.parallel.mesh import SequenceParallel
-from padfree.varlen import PackedBatch, packed_from_cu_seqlens
+from padfree.varlen import PackedBatch, offsets_to, packed_from_cu_seqlens
 
 
 def shard_batch(batch: dict, sp: SequenceParallel, pad_token_id: int = 0) -> dict:
@@ -85,8 +85,7 @@ class ShardedRow:
         row, shared by every attention layer."""
         back = self.start - self.first_doc_start
         offsets = (0, *(o + back for o in self.local.cu_seqlens_host[1:]))
-        # non_blocking: no stream sync (see PackedBatch.to)
-        device_offsets = torch.tensor(offsets, dtype=torch.int32).to(self.local.cu_seqlens.device, non_blocking=True)
+        device_offsets = offsets_to(torch.tensor(offsets, dtype=torch.int32), self.local.cu_seqlens.device)
         return offsets, device_offsets, max(b - a for a, b in zip(offsets, offsets[1:]))
 
 
