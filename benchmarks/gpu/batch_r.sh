@@ -10,7 +10,7 @@ source benchmarks/gpu/common.sh
 versions
 require_fla
 PROF="benchmarks/profile_train_step.py --shape 0.8b --row-tokens 8192 --backend fla --warmup 6"
-timed gpu_tests 200 python3 -m pytest -v -p no:cacheprovider --durations=0 tests/gpu/test_cuda_fused.py
+timed gpu_tests 200 python3 -m pytest -v -p no:cacheprovider --durations=0 tests/gpu/test_cuda_fused.py "tests/gpu/test_cuda_ops.py::test_row_offsets_reach_the_gpu_without_a_stream_sync"
 timed bench_08b_nockpt 200 python3 -m padfree.cli bench --device cuda --shape 0.8b --no-gradient-checkpointing --paths upstream_packed,padfree_eager_norms,padfree --steps 16 --warmup 3 --json "$RESULTS/bench_08b_nockpt.json"
 for elementwise in fla torch; do
   timed "prof_nockpt_$elementwise" 60 python3 $PROF --elementwise-backend $elementwise --out "$RESULTS/prof_nockpt_$elementwise.txt"
