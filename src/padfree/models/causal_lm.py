@@ -47,9 +47,17 @@ def _find_packed(args: dict, total_len: int) -> PackedBatch | None:
     return packed_from_cu_seqlens(cu, total_len)
 
 
-def _check_packed_row(
-    args: dict, packed: PackedBatch, batch_size: int, device: torch.device, rows: slice = slice(None)
-) -> None:
+def _positions(packed: PackedBatch) -> torch.Tensor:
+    """0, 1, 2, ... inside each document of the row, on the offsets' device: a handful of kernels
+    whatever the number of documents (an arange per document was one launch each), and no sync
+    (`output_size` is known on the host)."""
+    offsets = packed.cu_seqlens.long()
+    starts = torch.repeat_interleave(offsets[:-1], offsets[1:] - offsets[:-1], output_size=packed.total_len)
+    return torch.arange(packed.total_len, device=offsets.device) - starts
+
+
+def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, rows: slice = slice(None)) -> None:
+    """Refuse what a packed row cannot hold; fill in position_ids when absent. `packed` is on the row's device."""
     if batch_size != 1:
         raise ValueError(
             f"a packed row must have batch size 1, got {batch_size}; padfree.collate packs a batch into one row."
@@ -63,7 +71,7 @@ def _check_packed_row(
     if args.get("cache") is not None or args.get("past_key_values") is not None:
         raise ValueError("a packed row cannot use a cache (it holds several documents); generate per document.")
     position_ids = args.get("position_ids")
-    expected = torch.cat([torch.arange(n, device=device) for n in packed.lengths]).unsqueeze(0)[:, rows]
+    expected = _positions(packed).unsqueeze(0)[:, rows]
     if position_ids is None:
         args["position_ids"] = expected
     elif position_ids.shape != expected.shape or not bool((position_ids == expected).all()):
@@ -87,8 +95,8 @@ def packed_causal_lm_forward(model, original_forward, fused_loss: bool, loss_com
     packed = _find_packed(call, total_len=reference.shape[1])
     if packed is None:
         return original_forward(*args, **kwargs)
-    _check_packed_row(call, packed, reference.shape[0], reference.device)
     packed = packed.to(reference.device)
+    _check_packed_row(call, packed, reference.shape[0])
     call.update(attention_mask=dict(_NO_MASKS), use_cache=False)
     call[PACKED_KWARG] = packed
 
@@ -121,8 +129,9 @@ def _sharded_forward(model, sp, fused_loss: bool, loss_compile_backend, call: di
             "not labels: a rank cannot shift across its boundary."
         )
     packed = _find_packed(call, total_len=reference.shape[1] * sp.size)
-    row = sharded_row(sp, packed.to(reference.device))
-    _check_packed_row(call, packed, reference.shape[0], reference.device, rows=slice(row.start, row.end))
+    packed = packed.to(reference.device)
+    row = sharded_row(sp, packed)
+    _check_packed_row(call, packed, reference.shape[0], rows=slice(row.start, row.end))
     call.update(attention_mask=dict(_NO_MASKS), use_cache=False)
     call[PACKED_KWARG] = row
     targets = call.pop("shift_labels", None)
