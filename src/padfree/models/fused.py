@@ -106,12 +106,11 @@ def _mlp_forward(module, upstream, required: bool, x: torch.Tensor) -> torch.Ten
 _FORWARDS = {"norm": _norm_forward, "gated_norm": _gated_norm_forward, "mlp": _mlp_forward}
 
 
-def use_fla_elementwise(model: torch.nn.Module, required: bool) -> int:
-    """Set the FLA-dispatching forward on every norm and MLP of `model`; returns how many were set.
+def use_fla_elementwise(model: torch.nn.Module, required: bool) -> None:
+    """Set the FLA-dispatching forward on every norm and MLP of `model` that FLA computes exactly.
 
     required: raise on non-CUDA inputs (elementwise_backend="fla") instead of running upstream's forward.
     """
-    count = 0
     for module in model.modules():
         kind = _kind(module)
         if kind is None:
@@ -119,8 +118,6 @@ def use_fla_elementwise(model: torch.nn.Module, required: bool) -> int:
         upstream = type(module).forward.__get__(module)
         module.forward = functools.wraps(upstream)(functools.partial(_FORWARDS[kind], module, upstream, required))
         setattr(module, _MARK, kind)
-        count += 1
-    return count
 
 
 def remove_fla_elementwise(model: torch.nn.Module) -> None:
