@@ -35,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import padfree
 from padfree.bench.shapes import shape_config
+from padfree.checkpointing import enable_checkpointing
 from padfree.corpus import lognormal_lengths
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, reduce_gradients, shard_batch
@@ -68,7 +69,7 @@ def main():
     mixed = args.precision == "bf16-mixed"
     model = (model if mixed else model.to(torch.bfloat16)).train()
     if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     padfree.patch(model, backend=args.backend, sequence_parallel=sp, elementwise_backend=args.elementwise_backend)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda)
     row_tokens = args.row_tokens * world

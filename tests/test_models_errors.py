@@ -45,6 +45,14 @@ def test_cu_seqlens_not_ending_at_row_length(model, batch, monkeypatch):
         model(**batch)
 
 
+def test_cu_seqlens_q_and_k_that_differ(model, batch, monkeypatch):
+    _no_compute(model, monkeypatch)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 6]
+    batch["cu_seq_lens_k"] = torch.tensor([0, 3, 6], dtype=torch.int32)  # a valid row, other boundaries
+    with pytest.raises(ValueError, match="cu_seq_lens_q and cu_seq_lens_k differ"):
+        model(**batch)
+
+
 def test_several_packed_rows(model, monkeypatch):
     _no_compute(model, monkeypatch)
     ids = torch.randint(3, 100, (2, 6))

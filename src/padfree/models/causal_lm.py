@@ -42,7 +42,8 @@ def _find_packed(args: dict, total_len: int) -> PackedBatch | None:
             return None
         return packed_from_position_ids(position_ids) if position_ids_restart(position_ids) else None
     cu = cu_q if cu_q is not None else cu_k
-    if cu_q is not None and cu_k is not None and not torch.equal(cu_q.cpu(), cu_k.cpu()):
+    # compared where cu_q lives: on a GPU one sync for the verdict, not one copy to the host per tensor
+    if cu_q is not None and cu_k is not None and not torch.equal(cu_q, cu_k.to(cu_q.device)):
         raise ValueError("cu_seq_lens_q and cu_seq_lens_k differ; padfree packs self-attention rows, where they are equal.")
     return packed_from_cu_seqlens(cu, total_len)
 
