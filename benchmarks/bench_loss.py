@@ -2,7 +2,10 @@
 
 Shape letters: T tokens, H hidden size, V vocabulary.
 
-Both paths compute loss = sum CE(hidden @ W.T, targets) and d(loss)/d(hidden, W), forward + backward.
+"chunked" is padfree's loss with PyTorch's softmax ops; with --with-fla, "chunked_fla" is the same
+loss with FLA's cross-entropy kernels (softmax_backend="fla", padfree's CUDA default when FLA is
+installed) and "fla_fused" FLA's own fused linear cross-entropy. All paths compute
+loss = sum CE(hidden @ W.T, targets) and d(loss)/d(hidden, W), forward + backward.
 "full" is what transformers does: bf16 logits from the lm_head, `.float()`, F.cross_entropy.
 Memory is the peak above what was allocated before the call (inputs), so it includes the returned
 gradients (d(hidden) [T, H] and d(W) [V, H] in the input dtype) for both paths:
@@ -13,6 +16,7 @@ The two paths' losses and gradients are also compared (RMS-relative error) so a 
 large-shape correctness check on the device.
 
   python benchmarks/bench_loss.py --device cuda                               # H100, Qwen3.5 shape
+  python benchmarks/bench_loss.py --device cuda --T 8192 --with-fla --skip-full # + FLA's softmax kernels
   python benchmarks/bench_loss.py --device cpu --T 2048 --V 32768 --dtype fp32 --json
 """
 
@@ -36,9 +40,10 @@ def full_logits_ce(hidden_TH, weight_VH, targets_T):
     return F.cross_entropy(logits_TV.float(), targets_T, reduction="sum")
 
 
-def chunked_ce(hidden_TH, weight_VH, targets_T, chunk_size, budget):
+def chunked_ce(hidden_TH, weight_VH, targets_T, chunk_size, budget, softmax_backend="torch"):
     return chunked_linear_cross_entropy(
-        hidden_TH, weight_VH, targets_T, chunk_size=chunk_size, memory_budget_bytes=budget
+        hidden_TH, weight_VH, targets_T, chunk_size=chunk_size, memory_budget_bytes=budget,
+        softmax_backend=softmax_backend,
     )
 
 
@@ -164,9 +169,16 @@ def main() -> None:
         records.append(full)
         chunked["rms_rel_error_vs_full"] = compare(full_result, chunked_result)
     if args.with_fla:
+        fla_rows = args.chunk_size or chunk_rows_for_budget(args.V, args.budget_bytes, hidden_TH.element_size())
+        chunked_fla, chunked_fla_result = bench(
+            "chunked_fla", lambda h, w, t: chunked_ce(h, w, t, args.chunk_size, args.budget_bytes, "fla"), inputs,
+            args.repeats,
+        )
+        chunked_fla.update(chunk_rows=fla_rows, analytic_op_peak_bytes=fla_rows * args.V * hidden_TH.element_size())
+        chunked_fla["rms_rel_error_vs_chunked"] = compare(chunked_result, chunked_fla_result)
         fla, fla_result = bench("fla_fused", fla_fused_ce, inputs, args.repeats)
-        records.append(fla)
         fla["rms_rel_error_vs_chunked"] = compare(chunked_result, fla_result)
+        records += [chunked_fla, fla]
     report = dict(
         shape=dict(T=args.T, H=args.H, V=args.V), dtype=args.dtype, device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
     parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")
+    parser.add_argument("--python-profile", help="also run 3 steps under cProfile and write the Python functions "
+                        "taking the host's time (by own time and by cumulative time) to this file")
     args = parser.parse_args()
     device, sp = setup(args.device, args.sp_mode)
     world = 1 if sp is None else sp.size
@@ -106,6 +108,8 @@ def main():
         step()
     synchronize(device)
     step_ms = (time.perf_counter() - start) / steps * 1e3
+    if args.python_profile:
+        python_profile(step, device, args.python_profile)
     syncs = sync_sources(step) if cuda else collections.Counter()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
@@ -146,6 +150,29 @@ def main():
         os.remove(path)
     if sp is not None:
         dist.destroy_process_group()
+
+
+def python_profile(step, device, path: str, steps: int = 3) -> None:
+    """Host time by Python function over `steps` steps (cProfile): which wrappers, launchers and checks the
+    host spends the step in when the GPU waits for it. cProfile roughly doubles Python's cost, so read the
+    shares, not the absolute times."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    out.write(f"cProfile of {steps} steps\n")
+    stats.sort_stats("tottime").print_stats(60)
+    stats.sort_stats("cumulative").print_stats(80)
+    with open(path, "w") as f:
+        f.write(out.getvalue())
 
 
 def setup(device_name: str, sp_mode: str):

@@ -3,7 +3,8 @@
 FLA's kernels need CUDA, so their numerics are checked on a GPU (tests/gpu/test_cuda_fused.py). Here, on
 CPU: bad settings are refused before anything is patched, the FLA forwards land on exactly the modules
 whose formulas FLA computes, CPU inputs fall back to upstream's own forward (or are refused under
-"fla"), `unpatch` removes them, and `padfree bench` gates and times the eager-norms baseline path.
+"fla"), `unpatch` removes them, `patch(loss_backend=)` reaches the fused loss, and `padfree bench` gates
+and times the eager-norms and torch-loss baseline paths.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import padfree
+import padfree.loss_chunked as loss_chunked
 import padfree.models.fused as fused
 from padfree.tiny import load_tiny_model
 from tests.helpers import tiny_bench_report
@@ -35,10 +37,14 @@ def _row():
         (dict(elementwise_backend="triton"), True, "not one of"),
         (dict(elementwise_backend="fla", compile_elementwise=True), True, "pick one"),
         (dict(elementwise_backend="fla"), False, "pip install 'padfree\\[fla\\]'"),
+        (dict(loss_backend="triton"), True, "loss_backend='triton' is not one of"),
+        (dict(loss_backend="fla", compile_elementwise=True), True, "pass one of them"),
+        (dict(loss_backend="fla"), False, "loss_backend='fla' needs flash-linear-attention"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_patched(tmp_path, monkeypatch, settings, fla_installed, message):
     monkeypatch.setattr(fused, "fla_available", lambda: fla_installed)
+    monkeypatch.setattr(loss_chunked, "fla_available", lambda: fla_installed)
     model = load_tiny_model("qwen3_5", tmp_path)
     with pytest.raises(ValueError, match=message):
         padfree.patch(model, **settings)
@@ -88,7 +94,22 @@ def test_cpu_inputs_run_upstream_forwards_under_auto_and_are_refused_under_fla(t
         model(**batch)
 
 
-def test_bench_gates_and_times_the_eager_norms_path(tmp_path, capsys):
-    _, results = tiny_bench_report(tmp_path, "padfree,padfree_eager_norms")
-    assert results["padfree_eager_norms"]["real_tokens"] == results["padfree"]["real_tokens"] > 0
-    assert "padfree_eager_norms: max RMS-relative logits error" in capsys.readouterr().out
+def test_loss_backend_fla_refuses_cpu_inputs_and_torch_matches_auto(tmp_path, monkeypatch):
+    """patch(loss_backend=) reaches the fused loss: "fla" refuses a CPU training step with the fix, and on
+    CPU "auto" (which cannot take FLA's CUDA kernels) gives "torch"'s loss bit for bit."""
+    monkeypatch.setattr(loss_chunked, "fla_available", lambda: True)
+    model = load_tiny_model("qwen3_5", tmp_path).train()
+    batch = _row()
+    reference = padfree.patch(model, loss_backend="torch")(**batch).loss
+    assert torch.equal(padfree.patch(model)(**batch).loss, reference)
+    padfree.patch(model, loss_backend="fla")
+    with pytest.raises(ValueError, match="loss_backend.*needs CUDA tensors, got device cpu"):
+        model(**batch)
+
+
+def test_bench_gates_and_times_the_eager_norms_and_torch_loss_paths(tmp_path, capsys):
+    _, results = tiny_bench_report(tmp_path, "padfree,padfree_eager_norms,padfree_torch_loss")
+    out = capsys.readouterr().out
+    for path in ("padfree_eager_norms", "padfree_torch_loss"):
+        assert results[path]["real_tokens"] == results["padfree"]["real_tokens"] > 0
+        assert f"{path}: max RMS-relative logits error" in out

@@ -22,6 +22,7 @@ from padfree.loss import (
     per_token_logprobs,
     per_token_logprobs_and_entropy,
 )
+from padfree.ops._backend import fla_available
 from tests.helpers import assert_close
 
 FP32 = 1e-5  # fp32 summation order differs between chunked and full-logits paths; nothing else does
@@ -316,3 +317,43 @@ def test_bad_inputs_raise_with_the_fix(change, message):
         chunked_linear_cross_entropy(
             args["hidden"], args["weight"], args["targets"], chunk_size=args.get("chunk_size")
         )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(softmax_backend="triton"), "softmax_backend='triton' is not one of"),
+        (dict(softmax_backend="fla", compile_backend="aot_eager"), "pass one of them"),
+    ],
+)
+def test_bad_softmax_backend_raises_before_compute(kwargs, message):
+    """Refused before any chunk runs: the inputs' gradients stay unset."""
+    hidden_TH, weight_VH, bias_V, targets_T = _inputs()
+    with pytest.raises(ValueError, match=message):
+        chunked_linear_cross_entropy(hidden_TH, weight_VH, targets_T, bias_V=bias_V, **kwargs)
+    assert hidden_TH.grad is None and weight_VH.grad is None
+
+
+def test_fla_softmax_backend_refuses_cpu_tensors():
+    """On a machine with FLA the refusal names the device; without it, the missing package."""
+    hidden_TH, weight_VH, bias_V, targets_T = _inputs()
+    message = "needs CUDA tensors, got device cpu" if fla_available() else "needs flash-linear-attention"
+    with pytest.raises(ValueError, match=message):
+        chunked_linear_cross_entropy(hidden_TH, weight_VH, targets_T, bias_V=bias_V, softmax_backend="fla")
+
+
+def test_auto_softmax_backend_on_cpu_is_the_torch_path():
+    """On CPU "auto" never picks FLA's CUDA kernels: the loss and gradients equal "torch"'s bit for bit."""
+    hidden_TH, weight_VH, bias_V, targets_T = _inputs()
+    results = []
+    for softmax_backend in ("auto", "torch"):
+        loss = chunked_linear_cross_entropy(hidden_TH, weight_VH, targets_T, bias_V=bias_V, chunk_size=16,
+                                            softmax_backend=softmax_backend)  # fmt: skip
+        results.append((loss, *_grads(loss, (hidden_TH, weight_VH, bias_V))))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_fla_softmax_chunks_are_sized_by_the_logits_dtype():
+    """FLA's kernels keep only the e-byte logits of a chunk, so a budget holds 8/e times the rows."""
+    assert chunk_rows_for_budget(248_320, DEFAULT_BUDGET_BYTES, bytes_per_logit=2) == 4224
+    assert chunk_rows_for_budget(248_320, DEFAULT_BUDGET_BYTES) == 1024

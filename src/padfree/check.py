@@ -78,11 +78,12 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     probe = torch.empty(1, 1, head_dim, dtype=dtype, device=device)
-    # padfree.models.fused: FLA's norm and SwiGLU kernels run on CUDA inputs whenever FLA imports
-    norms = "fla" if device.type == "cuda" and fla_available() else "torch"
+    # padfree.models.fused and padfree.loss_chunked: FLA's norm, SwiGLU and cross-entropy kernels run on
+    # CUDA inputs whenever FLA imports
+    elementwise = "fla" if device.type == "cuda" and fla_available() else "torch"
     return (
         f"Gated DeltaNet {gdn}{why}, attention {attention.resolve_attention_backend('auto', probe)}, "
-        f"norms and MLPs {norms}"
+        f"norms and MLPs {elementwise}, loss softmax {elementwise}"
     )
 
 

@@ -73,6 +73,7 @@ def causal_lm_loss(
     chunk_size: int | None = None,
     memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     compile_backend: str | None = None,
+    softmax_backend: str = "auto",
 ) -> torch.Tensor:
     """Next-token cross-entropy of `hidden_BTH @ lm_head_weight_VH.T`, computed without [B*T, V] logits.
 
@@ -81,7 +82,8 @@ def causal_lm_loss(
     `shift_labels_BT` (as transformers accepts for context parallelism) and labels_BT=None.
     num_items_in_batch: the step's total trained-token count (int or 0-d tensor, see the module
     docstring); None divides by this micro-batch's own count.
-    compile_backend: see chunked_linear_cross_entropy (None: eager).
+    compile_backend, softmax_backend: see chunked_linear_cross_entropy (None, "auto": FLA's softmax kernels on
+    CUDA when installed, else PyTorch's eager ops).
     Returns a 0-d fp32 loss: summed CE / max(count, 1). The clamp makes an all-masked micro-batch give
     0 instead of transformers' 0/0 = NaN; in every other case the value equals
     transformers.loss.loss_utils.ForCausalLMLoss on the full logits.
@@ -106,6 +108,7 @@ def causal_lm_loss(
         ignore_index=ignore_index,
         memory_budget_bytes=memory_budget_bytes,
         compile_backend=compile_backend,
+        softmax_backend=softmax_backend,
     )
     if num_items_in_batch is None:
         count = (targets_BT != ignore_index).sum()

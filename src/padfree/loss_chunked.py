@@ -30,6 +30,21 @@ buffers, whose passes were ~20 of 225 ms of kernel time in the fifth session's H
 (8,192-token rows, docs/benchmarks.md). Same formulas; the chunk size is kept, so memory only falls.
 Ignored targets are masked on the [C, H] side (their hidden rows and d(hidden) rows are zeroed), so
 masking costs C*H work instead of a pass over C*V.
+
+With `softmax_backend` "fla" ("auto" picks it for CUDA inputs when flash-linear-attention is
+installed and nothing is compiled), each chunk's softmax runs in FLA's cross-entropy Triton kernels
+(`fla.modules.fused_cross_entropy`): one kernel reads the e-byte logits and writes each row's loss and
+log-sum-exp (fp32 inside), a second reads them again and overwrites them in place with
+softmax - onehot, zero on ignored rows. That is three passes over C*V*e bytes, where the eager path
+also writes and reads two fp32 [C, V] buffers (upcast, log-softmax, exp); with no fp32 [C, V] buffer
+a chunk's transient is the logits alone:
+C*V*e bytes, and the chunk is sized with e bytes per logit instead of 8 (4x the rows in bf16). The
+d(weight) of a chunk is then added by one cuBLAS call that reads e-byte inputs and accumulates into
+the fp32 buffer (`addmm` with out_dtype), without the [V, H] temporary. Measured (H100, T = 8192,
+bf16, benchmarks/bench_loss.py): forward + backward 22.3 ms against 48.3 ms for the eager path, the
+same 2.9 GiB peak (docs/benchmarks.md, ninth session). FLA's own fused linear
+cross-entropy is not used: it upcasts each chunk's logits and inputs to fp32 for an fp32 d(weight)
+matmul, and measured 2.4x slower than this module's eager path (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -39,18 +54,24 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
+from padfree.ops._backend import fla_available
+
 DEFAULT_BUDGET_BYTES = 2 * 1024**3  # the op's own transient memory, see the module docstring
 BYTES_PER_LOGIT = 8  # two [C, V] fp32 buffers at once: upcast logits and their log-softmax
 _ROW_MULTIPLE = 128  # chunk rows rounded down to a multiple of this: matmul tiles stay full
+SOFTMAX_BACKENDS = ("auto", "torch", "fla")
 
 
-def chunk_rows_for_budget(vocab_size: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
-    """Rows C per chunk so that the chunk's transient buffers, C * V * 8 bytes, fit in budget_bytes."""
+def chunk_rows_for_budget(
+    vocab_size: int, budget_bytes: int = DEFAULT_BUDGET_BYTES, bytes_per_logit: int = BYTES_PER_LOGIT
+) -> int:
+    """Rows C per chunk so that the chunk's transient buffers, C * V * bytes_per_logit, fit in budget_bytes
+    (8 for the eager and compiled softmax, the logits' element size for FLA's; module docstring)."""
     if budget_bytes <= 0:
         raise ValueError(
             f"memory budget must be positive, got {budget_bytes} bytes; the default is {DEFAULT_BUDGET_BYTES}."
         )
-    rows = budget_bytes // (vocab_size * BYTES_PER_LOGIT)
+    rows = budget_bytes // (vocab_size * bytes_per_logit)
     if rows >= 2 * _ROW_MULTIPLE:
         rows -= rows % _ROW_MULTIPLE
     return max(1, int(rows))
@@ -81,19 +102,52 @@ def _compiled_logits_grad(backend: str):
     return torch.compile(logits_grad, backend=backend)
 
 
-def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V, compiled_grad):
+def _fla_softmax_grad(logits_CV: torch.Tensor, targets_C: torch.Tensor, ignore_index: int, needs_grad: bool):
+    """Summed CE of one chunk's logits through FLA's Triton kernels; if needs_grad, logits_CV is overwritten
+    with d(sum CE)/d(logits) = softmax - onehot, rows of ignored targets exactly 0 (module docstring)."""
+    from fla.modules.fused_cross_entropy.ops import cross_entropy_bwd, cross_entropy_fwd
+
+    loss_C, _, lse_C, _, _ = cross_entropy_fwd(logits=logits_CV, target=targets_C, ignore_index=ignore_index)
+    if needs_grad:
+        ones_C = torch.ones((), dtype=torch.float32, device=logits_CV.device).expand(targets_C.shape[0])
+        cross_entropy_bwd(logits=logits_CV, target=targets_C, lse=lse_C, dloss=ones_C, ignore_index=ignore_index,
+                          inplace_backward=True)  # fmt: skip
+    return loss_C.sum()  # FLA writes 0 for ignored targets
+
+
+def _fla_chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V):
+    """`_chunk_loss_and_grads` with FLA's softmax kernels: its gradient rows of ignored targets are already
+    0, so nothing is masked, and d(weight) accumulates into fp32 inside cuBLAS (module docstring)."""
+    needs_grad = not (dh_CH is None and dw_VH is None and db_V is None)
+    grad_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V)
+    loss = _fla_softmax_grad(grad_CV, targets_C.contiguous(), ignore_index, needs_grad)  # FLA reads ids at stride 1
+    if dh_CH is not None:
+        torch.mm(grad_CV, weight_VH, out=dh_CH)
+    if dw_VH is not None:
+        if grad_CV.dtype == torch.float32:
+            dw_VH.addmm_(grad_CV.t(), hidden_CH)
+        else:
+            torch.addmm(dw_VH, grad_CV.t(), hidden_CH, out_dtype=torch.float32, out=dw_VH)
+    if db_V is not None:
+        db_V += grad_CV.sum(0, dtype=torch.float32)
+    return loss
+
+
+def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V, softmax_grad):
     """Summed CE of one chunk; adds its gradients into dh_CH (written), dw_VH, db_V (accumulated) if given.
-    `compiled_grad`: a compiled `logits_grad`, or None for the eager ops.
+    `softmax_grad`: "fla" for FLA's kernels, a compiled `logits_grad`, or None for the eager ops.
 
     A function of its own so that every [C, V] temporary is freed when it returns.
     """
+    if softmax_grad == "fla":
+        return _fla_chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V)
     trained_C = targets_C != ignore_index
     safe_C1 = torch.where(trained_C, targets_C, 0).unsqueeze(1)  # -100 is no valid index
     dtype = hidden_CH.dtype
     needs_grad = not (dh_CH is None and dw_VH is None and db_V is None)
-    if needs_grad and compiled_grad is not None:
+    if needs_grad and softmax_grad is not None:
         logits_CV = torch.nn.functional.linear(hidden_CH, weight_VH, bias_V)
-        grad_CV, logp_target_C = compiled_grad(logits_CV, safe_C1)
+        grad_CV, logp_target_C = softmax_grad(logits_CV, safe_C1)
         del logits_CV
         loss = -torch.where(trained_C, logp_target_C, 0.0).sum()
     else:
@@ -130,7 +184,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden_TH, weight_VH, bias_V, targets_T, chunk_rows, ignore_index, need_dh, need_dw, need_db,
-                compiled_grad):  # fmt: skip
+                softmax_grad):  # fmt: skip
         num_tokens, vocab = hidden_TH.shape[0], weight_VH.shape[0]
         loss = torch.zeros((), dtype=torch.float32, device=hidden_TH.device)
         dh_TH = torch.empty_like(hidden_TH) if need_dh else None
@@ -141,7 +195,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             dh_CH = None if dh_TH is None else dh_TH[start:end]
             loss += _chunk_loss_and_grads(
                 hidden_TH[start:end], targets_T[start:end], weight_VH, bias_V, ignore_index, dh_CH, dw_VH, db_V,
-                compiled_grad,
+                softmax_grad,
             )
         ctx.save_for_backward(dh_TH, dw_VH, db_V)
         ctx.weight_dtype = weight_VH.dtype
@@ -162,6 +216,35 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         if grad_bias_V is not None:
             db = (grad_bias_V * grad_loss).to(ctx.bias_dtype)
         return dh, dw, db, None, None, None, None, None, None, None
+
+
+def check_softmax_backend(softmax_backend: str, compiled: bool, name: str = "softmax_backend") -> None:
+    """Refuse a softmax backend that cannot run, before any compute (`name`: the argument as the caller
+    knows it; `compiled`: a compile_backend is also given)."""
+    if softmax_backend not in SOFTMAX_BACKENDS:
+        raise ValueError(f"{name}={softmax_backend!r} is not one of {SOFTMAX_BACKENDS}; pass one of those.")
+    if softmax_backend != "fla":
+        return
+    if compiled:
+        raise ValueError(
+            f"{name}='fla' runs FLA's kernels, the compile option compiles PyTorch's; pass one of them "
+            f"({name}='auto' with compiling compiles)."
+        )
+    if not fla_available():
+        raise ValueError(f"{name}='fla' needs flash-linear-attention: pip install 'padfree[fla]'.")
+
+
+def _use_fla_softmax(softmax_backend: str, compile_backend: str | None, device: torch.device) -> bool:
+    """Whether this call's chunks run FLA's softmax kernels; refuses impossible settings before any compute."""
+    check_softmax_backend(softmax_backend, compile_backend is not None)
+    if softmax_backend != "fla":
+        return softmax_backend == "auto" and compile_backend is None and device.type == "cuda" and fla_available()
+    if device.type != "cuda":
+        raise ValueError(
+            f"softmax_backend='fla' (padfree.patch's loss_backend) needs CUDA tensors, got device {device}; "
+            "pass 'auto' to use PyTorch's ops off the GPU."
+        )
+    return True
 
 
 def check_linear_inputs(
@@ -218,6 +301,7 @@ def chunked_linear_cross_entropy(
     ignore_index: int = -100,
     memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     compile_backend: str | None = None,
+    softmax_backend: str = "auto",
 ) -> torch.Tensor:
     """Summed cross-entropy of `hidden_TH @ weight_VH.T (+ bias_V)` against `targets_T`, in chunks.
 
@@ -226,6 +310,9 @@ def chunked_linear_cross_entropy(
     chunk_size: rows per chunk; None sizes chunks from `memory_budget_bytes` (module docstring).
     compile_backend: a torch.compile backend ("inductor") for each chunk's softmax gradient (module
         docstring); None runs it eagerly.
+    softmax_backend: each chunk's softmax and its gradient: "fla" runs flash-linear-attention's
+        cross-entropy kernels (CUDA inputs only), "torch" PyTorch's ops (compiled with compile_backend),
+        "auto" FLA's for CUDA inputs when it is installed and compile_backend is None, else torch's.
     Returns a 0-d fp32 tensor: the SUM over trained tokens (divide by a token count yourself, see
     padfree.loss). Equals F.cross_entropy(hidden @ W.T + b, targets, reduction="sum").
 
@@ -245,7 +332,9 @@ def chunked_linear_cross_entropy(
     check_linear_inputs(hidden_TH, weight_VH, targets_T, bias_V)
     if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}; pass None to size chunks from the budget.")
-    rows = chunk_size or chunk_rows_for_budget(weight_VH.shape[0], memory_budget_bytes)
+    use_fla = _use_fla_softmax(softmax_backend, compile_backend, hidden_TH.device)
+    bytes_per_logit = hidden_TH.element_size() if use_fla else BYTES_PER_LOGIT
+    rows = chunk_size or chunk_rows_for_budget(weight_VH.shape[0], memory_budget_bytes, bytes_per_logit)
     grad_on = torch.is_grad_enabled()
     need_dh = grad_on and hidden_TH.requires_grad
     need_dw = grad_on and weight_VH.requires_grad
@@ -254,5 +343,5 @@ def chunked_linear_cross_entropy(
     with torch.autocast(device_type=hidden_TH.device.type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(
             hidden_TH, weight_VH, bias_V, targets_T.long(), rows, ignore_index, need_dh, need_dw, need_db,
-            None if compile_backend is None else _compiled_logits_grad(compile_backend),
+            "fla" if use_fla else None if compile_backend is None else _compiled_logits_grad(compile_backend),
         )

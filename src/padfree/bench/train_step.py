@@ -9,6 +9,8 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
                      FLA's fused norms and SwiGLU, padfree.models.fused)
     padfree_eager_norms the same, patched with elementwise_backend="torch": upstream's eager norms and
                      MLPs, the baseline of the fused ones. Not in the default paths.
+    padfree_torch_loss the same, patched with loss_backend="torch": the loss's per-chunk softmax in
+                     PyTorch's ops, the baseline of FLA's cross-entropy kernels. Not in the default paths.
     padfree_compiled the same, patched with compile_elementwise=True (padfree.models.compiled): its
                      norms and MLPs under torch.compile; compiled in the warm-up steps. Not in the
                      default paths (`--paths` adds it).
@@ -44,13 +46,14 @@ from padfree.corpus import lognormal_lengths
 from padfree.packing import pack
 from padfree.train.metrics import mfu, peak_bf16_flops
 
-PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms")
+PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms", "padfree_torch_loss")
 DEFAULT_PATHS = PATHS[:3]
 # padfree.patch's settings of each padfree path (the other paths stay unpatched)
 PATCH_SETTINGS = {
     "padfree": {},
     "padfree_compiled": {"compile_elementwise": True},
     "padfree_eager_norms": {"elementwise_backend": "torch"},
+    "padfree_torch_loss": {"loss_backend": "torch"},
 }
 # The baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
 # which pads more; 4 is the kinder baseline for upstream.

@@ -82,15 +82,15 @@ def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, rows: sl
         )
 
 
-def packed_causal_lm_forward(model, original_forward, fused_loss: bool, loss_compile_backend, sp, *args, **kwargs):
+def packed_causal_lm_forward(model, original_forward, fused_loss: bool, loss_kernels: dict, sp, *args, **kwargs):
     """`forward` of a patched causal LM; see the module docstring for the packed-row rule.
-    `loss_compile_backend`: torch.compile backend of the fused loss's chunks (padfree.loss), or None."""
+    `loss_kernels`: compile_backend= and softmax_backend= of the fused loss's chunks (padfree.loss)."""
     bound = inspect.signature(original_forward).bind_partial(*args, **kwargs)
     call = dict(bound.arguments)
     call.update(call.pop("kwargs", {}))
     reference = call.get("input_ids") if call.get("input_ids") is not None else call.get("inputs_embeds")
     if sp is not None:
-        return _sharded_forward(model, sp, fused_loss, loss_compile_backend, call, reference)
+        return _sharded_forward(model, sp, fused_loss, loss_kernels, call, reference)
     if reference is None:
         return original_forward(*args, **kwargs)
     packed = _find_packed(call, total_len=reference.shape[1])
@@ -112,12 +112,12 @@ def packed_causal_lm_forward(model, original_forward, fused_loss: bool, loss_com
     outputs = model.model(**call)
     loss = causal_lm_loss(
         outputs.last_hidden_state, model.lm_head.weight, labels, num_items_in_batch, lm_head_bias=model.lm_head.bias,
-        compile_backend=loss_compile_backend,
+        **loss_kernels,
     )
     return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=outputs.hidden_states)
 
 
-def _sharded_forward(model, sp, fused_loss: bool, loss_compile_backend, call: dict, reference: torch.Tensor | None):
+def _sharded_forward(model, sp, fused_loss: bool, loss_kernels: dict, call: dict, reference: torch.Tensor | None):
     """A sequence-parallel rank's slice of a packed row (from padfree.parallel.shard_batch)."""
     if reference is None or "cu_seq_lens_q" not in call:
         raise ValueError(
@@ -148,6 +148,6 @@ def _sharded_forward(model, sp, fused_loss: bool, loss_compile_backend, call: di
             torch.distributed.all_reduce(num_items_in_batch, group=sp.group)
         loss = causal_lm_loss(hidden, model.lm_head.weight, None, num_items_in_batch,
                               lm_head_bias=model.lm_head.bias, shift_labels_BT=targets,
-                              compile_backend=loss_compile_backend)  # fmt: skip
+                              **loss_kernels)  # fmt: skip
     logits = None if fused else model.lm_head(hidden)
     return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -14,6 +14,7 @@ import torch
 import transformers
 from packaging.version import Version
 
+from padfree.loss_chunked import check_softmax_backend
 from padfree.models.causal_lm import PACKED_KWARG, packed_causal_lm_forward
 from padfree.models import compiled, fused
 from padfree.models.layers import attention_packed, gated_deltanet_packed
@@ -87,6 +88,7 @@ def patch(
     sequence_parallel: SequenceParallel | None = None,
     compile_elementwise: bool = False,
     elementwise_backend: str = "auto",
+    loss_backend: str = "auto",
 ) -> torch.nn.Module:
     """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
 
@@ -105,13 +107,18 @@ def patch(
     elementwise_backend: the same norms and MLPs: "auto" runs FLA's fused Triton kernels on CUDA inputs
                        when flash-linear-attention is installed and compile_elementwise is off, upstream's
                        eager code otherwise; "fla" requires FLA (and CUDA inputs); "torch" always runs
-                       upstream's code (padfree.models.fused). Fused vs upstream's, same run, H200:
-                       +22% tokens/s (0.8B, no checkpointing), +19% (~4B, checkpointing); one H100
-                       run gave +16% with checkpointing and -7.5% without.
+                       upstream's code (padfree.models.fused). The fused kernels cut GPU time but
+                       cost more host time per call: +22% tokens/s (0.8B) and +19% (~4B) on a 4x H200
+                       machine, yet up to -19% at 0.8B on slower one-GPU hosts (docs/benchmarks.md).
+    loss_backend:      the fused loss's per-chunk softmax: "auto" runs FLA's cross-entropy kernels on
+                       CUDA inputs when FLA is installed and compile_elementwise is off, PyTorch's ops
+                       otherwise; "fla" requires FLA (and CUDA inputs); "torch" always runs PyTorch's
+                       (padfree.loss_chunked, softmax_backend). FLA's: the loss 2.16x faster (H100).
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
     fused.check_elementwise_backend(elementwise_backend, compile_elementwise)
+    check_softmax_backend(loss_backend, compile_elementwise, "loss_backend")
     inner = _unwrap(model)
     name = type(inner).__name__
     if name not in SUPPORTED_CLASSES:
@@ -133,16 +140,18 @@ def patch(
     for kind, module in mixers:
         module.forward = _mixer_forward(kind, module, backend, attention_backend)
     upstream = type(inner).forward.__get__(inner)
+    loss_kernels = dict(compile_backend=compiled.COMPILE_BACKEND if compile_elementwise else None,
+                        softmax_backend=loss_backend)  # fmt: skip
     inner.forward = functools.wraps(upstream)(
-        functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss,
-                          compiled.COMPILE_BACKEND if compile_elementwise else None, sequence_parallel)
+        functools.partial(packed_causal_lm_forward, inner, upstream, fused_loss, loss_kernels, sequence_parallel)
     )
     if compile_elementwise:
         compiled.compile_elementwise(inner)
     elif elementwise_backend == "fla" or (elementwise_backend == "auto" and fused.fla_available()):
         fused.use_fla_elementwise(inner, required=elementwise_backend == "fla")
     settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss,
-                    compile_elementwise=compile_elementwise, elementwise_backend=elementwise_backend)  # fmt: skip
+                    compile_elementwise=compile_elementwise, elementwise_backend=elementwise_backend,
+                    loss_backend=loss_backend)  # fmt: skip
     setattr(inner, _MARK, dict(settings, sequence_parallel=sequence_parallel))
     return model
 
