@@ -46,7 +46,9 @@ from padfree.corpus import lognormal_lengths
 from padfree.packing import pack
 from padfree.train.metrics import mfu, peak_bf16_flops
 
-PATHS = ("upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms", "padfree_torch_loss")
+PATHS = (
+    "upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms", "padfree_torch_loss",
+)
 DEFAULT_PATHS = PATHS[:3]
 # padfree.patch's settings of each padfree path (the other paths stay unpatched)
 PATCH_SETTINGS = {
