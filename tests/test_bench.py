@@ -72,6 +72,30 @@ def test_fastest_times_both_settings_and_compares_each_path_at_its_faster_one(tm
     assert "activation checkpointing on and off" in out and "each path at its faster checkpointing setting" in out
 
 
+def test_rounds_give_medians_and_same_round_ratios(tmp_path, capsys):
+    """--rounds 3: every path is timed once per round; ratios pair paths of the same round, and the table
+    gives each path's median over rounds, its range and the median of its same-round ratios."""
+    out_file = tmp_path / "bench.json"
+    assert main([*ARGS, "--paths", "upstream_padded,padfree", "--rounds", "3", "--json", str(out_file)]) == 0
+    report = json.loads(out_file.read_text())
+    runs = {(r["path"], r["round"]): r for r in report["results"]}
+    assert set(runs) == {(p, i) for p in ("upstream_padded", "padfree") for i in range(3)}
+    ratios = []
+    for i in range(3):
+        ours, padded = runs[("padfree", i)], runs[("upstream_padded", i)]
+        assert ours["vs_upstream_padded"] == ours["real_tokens_per_s"] / padded["real_tokens_per_s"]
+        ratios.append(ours["vs_upstream_padded"])
+    summary = {r["path"]: r for r in report["summary"]}
+    speeds = sorted(runs[("padfree", i)]["real_tokens_per_s"] for i in range(3))
+    assert summary["padfree"]["rounds"] == 3 and summary["padfree"]["real_tokens_per_s"] == speeds[1]
+    assert summary["padfree"]["real_tokens_per_s_range"] == [speeds[0], speeds[2]]
+    assert summary["padfree"]["vs_upstream_padded"] == sorted(ratios)[1]
+    out = capsys.readouterr().out
+    assert "in each of 3 rounds (medians below)" in out and "(round 3 of 3)" in out
+    table = out[out.index("  path ") :]
+    assert f"{speeds[1]:,.0f} ({speeds[0]:,.0f}-{speeds[2]:,.0f})" in table
+
+
 def _leak(monkeypatch, op: str) -> None:
     """Make the layer's `op` run the packed row as one sequence: state flows from each document to the next."""
     real = getattr(padfree.models.layers, op)
@@ -111,6 +135,7 @@ def test_bf16_gate_bound_follows_rounding_and_still_catches_a_leak(leaks, monkey
         (["--paths", "padfree,upstream"], "--paths padfree,upstream: give a comma list of upstream_padded"),
         (["--row-tokens", "64", "--median-len", "5000"], "every benchmark row holds a single document"),
         (["--fastest", "--no-gradient-checkpointing"], "--fastest times every path with checkpointing on and off"),
+        (["--rounds", "0"], "--rounds 0: time the paths at least once"),
     ],
 )
 def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):

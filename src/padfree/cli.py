@@ -118,6 +118,10 @@ def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--fastest", action="store_true",
                        help="time every path with checkpointing on and off, and compare each path at its faster "
                        "setting that fits the device as well as setting by setting")  # fmt: skip
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="time the whole sequence of paths this many times and report medians, ranges and "
+                       "the median of same-round ratios: on a host-bound GPU machine runs minutes apart differ "
+                       "by ~10%% (default: 1)")  # fmt: skip
     bench.add_argument("--median-len", type=float, default=300.0, help="median of the lognormal sample lengths")
     bench.add_argument("--json", help="also write the results to this file")
     bench.add_argument("--seed", type=int, default=0, help="seed of the weights, lengths and token ids (default: 0)")

@@ -86,7 +86,9 @@ def correctness_gate(
     gate_config = copy.deepcopy(config)
     gate_config.initializer_range = init_std
     torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(gate_config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # drawn on the device, as padfree.bench.train_step.build_model
+        model = Qwen3_5ForCausalLM(gate_config)
+    model = model.to(dtype=dtype).eval()
     docs = _documents(config.vocab_size, lengths)
     bound, why = BOUNDS[dtype]
     try:

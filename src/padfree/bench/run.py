@@ -5,11 +5,19 @@ compare like with like. With `fastest`, every path is timed with activation chec
 off, the ratios are given per setting, and each path at its own faster setting that fits the device
 is compared too (issue #7 asks for both comparisons). The JSON (--json) is rewritten after the gate
 and after each path, so a run cut short by a time limit keeps what it measured.
+
+With `rounds` > 1 the whole sequence of paths (and settings) is timed that many times, one round after
+another, and the table gives each path's median over its rounds, its range, and the median of its
+same-round ratios. Why: on a GPU machine whose step waits on the host, a path's tokens/s moved by
+about 12% between runs minutes apart (docs/benchmarks.md, ninth session), as large as the effects
+being compared. A ratio within one round compares paths timed close together, and the median over
+rounds drops a round spoiled by a busy host.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +46,7 @@ class BenchSettings:
     paths: tuple[str, ...] = DEFAULT_PATHS
     gradient_checkpointing: bool | None = None  # None: on (or both, with fastest)
     fastest: bool = False  # time every path with checkpointing on and off; compare each at its faster one
+    rounds: int = 1  # time the whole sequence of paths this many times; report medians (summarize_rounds)
     median_len: float = 300.0
     seed: int = 0
     json: str | None = None
@@ -49,6 +58,8 @@ def _validate(s: BenchSettings) -> None:
     unknown = [p for p in s.paths if p not in PATHS]
     if unknown or not s.paths:
         raise ValueError(f"--paths {','.join(s.paths)}: give a comma list of {', '.join(PATHS)}.")
+    if s.rounds < 1:
+        raise ValueError(f"--rounds {s.rounds}: time the paths at least once.")
     if s.steps < 1 or s.warmup < 0:
         raise ValueError(f"--steps {s.steps} --warmup {s.warmup}: need at least 1 timed step and warmup >= 0.")
     if s.row_tokens is not None and s.row_tokens < 2:
@@ -118,7 +129,11 @@ def _table(results: list[dict], gate: dict) -> str:
             continue
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%} (+{r['attention_mfu']:.1%})"
         mem = "n/a (CPU)" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f} GiB"
-        rows.append((r["path"], _on_off(r), f"{r['real_tokens_per_s']:,.0f}",
+        speed = f"{r['real_tokens_per_s']:,.0f}"
+        if "real_tokens_per_s_range" in r:
+            low, high = r["real_tokens_per_s_range"]
+            speed += f" ({low:,.0f}-{high:,.0f})"
+        rows.append((r["path"], _on_off(r), speed,
                      _ratio(r["vs_upstream_padded"]),
                      _ratio(r["vs_upstream_packed"]), mfu, mem, f"{r['packing_efficiency']:.1%}",
                      _apart(r, gate)))  # fmt: skip
@@ -153,9 +168,10 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
 
 def _header(report: dict) -> str:
     s, samples = report["settings"], report["samples"]
+    rounds = "" if s["rounds"] == 1 else f" in each of {s['rounds']} rounds (medians below)"
     return (
         f"padfree bench: shape {s['shape']}, {report['device']}, {s['dtype']}, rows of {s['row_tokens']:,} tokens, "
-        f"{s['steps']} timed + {s['warmup']} warm-up rows per path, activation checkpointing "
+        f"{s['steps']} timed + {s['warmup']} warm-up rows per path{rounds}, activation checkpointing "
         f"{' and '.join('on' if c else 'off' for c in s['checkpointing'])}, {s['optimizer']}\n"
         f"  samples: {samples['timed_documents']} documents timed ({samples['timed_real_tokens']:,} real tokens, "
         f"the same for every path), lognormal lengths (median {s['median_len']:g}, sigma {LENGTH_SIGMA:g}, "
@@ -213,27 +229,63 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
         )
         return 1
     settings = checkpointing_settings(s)
-    for checkpointing in settings:
-        for path in s.paths:
-            result = _measure_or_refusal(path, checkpointing, s, config, workload, device, dtype)
-            report["results"].append(result)
-            _add_ratios(report["results"])
-            _write(report, s.json)
-            done = result["error"].split(":")[0] if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
-            print(f"  {path}, checkpointing {'on' if checkpointing else 'off'}: {done}", file=out, flush=True)
-    print(_table(report["results"], gate), file=out)
+    for round_index in range(s.rounds):
+        for checkpointing in settings:
+            for path in s.paths:
+                result = _measure_or_refusal(path, checkpointing, s, config, workload, device, dtype)
+                result["round"] = round_index
+                report["results"].append(result)
+                _add_ratios(report["results"])
+                _write(report, s.json)
+                speed = "" if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
+                done = result["error"].split(":")[0] if "error" in result else speed
+                where = "" if s.rounds == 1 else f" (round {round_index + 1} of {s.rounds})"
+                setting = "on" if checkpointing else "off"
+                print(f"  {path}, checkpointing {setting}{where}: {done}", file=out, flush=True)
+    rows = report["results"]
+    if s.rounds > 1:
+        rows = report["summary"] = summarize_rounds(report["results"])
+        _write(report, s.json)
+    print(_table(rows, gate), file=out)
     if len(settings) > 1:
-        report["fastest"] = fastest_of_each(report["results"])
+        report["fastest"] = fastest_of_each(rows)
         _write(report, s.json)
         print(_fastest_table(report["fastest"]), file=out)
     return 0
 
 
 def _add_ratios(results: list[dict]) -> None:
-    """Each path's real tokens/s over each upstream path's with the same checkpointing setting (None where
-    either did not run)."""
-    for checkpointing in {r["gradient_checkpointing"] for r in results}:
-        _add_ratios_within([r for r in results if r["gradient_checkpointing"] == checkpointing])
+    """Each path's real tokens/s over each upstream path's with the same checkpointing setting in the same
+    round (None where either did not run)."""
+    for key in {(r["round"], r["gradient_checkpointing"]) for r in results}:
+        _add_ratios_within([r for r in results if (r["round"], r["gradient_checkpointing"]) == key])
+
+
+def summarize_rounds(results: list[dict]) -> list[dict]:
+    """One row per (path, checkpointing) over its rounds: the median real tokens/s (and MFU), their range,
+    the median of the path's same-round ratios, the largest peak memory. A path that failed in every
+    round keeps its first error; failed rounds are left out of the others' statistics."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["path"], r["gradient_checkpointing"]), []).append(r)
+    summary = []
+    for runs in groups.values():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            summary.append(dict(runs[0], rounds=0))
+            continue
+        row = dict(ok[0], rounds=len(ok))
+        row.pop("round")
+        for key in ("real_tokens_per_s", "seconds", "mfu", "attention_mfu", "vs_upstream_padded",
+                    "vs_upstream_packed"):  # fmt: skip
+            values = [r[key] for r in ok if r.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+        speeds = [r["real_tokens_per_s"] for r in ok]
+        row["real_tokens_per_s_range"] = [min(speeds), max(speeds)]
+        memory = [r["peak_mem_gib"] for r in ok if r["peak_mem_gib"] is not None]
+        row["peak_mem_gib"] = max(memory) if memory else None
+        summary.append(row)
+    return summary
 
 
 def fastest_of_each(results: list[dict]) -> list[dict]:

@@ -143,7 +143,11 @@ def build_model(config, seed: int, device: torch.device, dtype: torch.dtype, che
     from transformers import Qwen3_5ForCausalLM
 
     torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(config).to(device=device, dtype=dtype).train()
+    # Drawn on the device itself: on CPU the ~4B shape's random init alone takes about a minute per path.
+    # The same seed on the same device gives every path the same weights.
+    with torch.device(device):
+        model = Qwen3_5ForCausalLM(config)
+    model = model.to(dtype=dtype).train()
     model.config.use_cache = False  # training: no KV / recurrent-state cache
     if patch is not None:
         padfree.patch(model, **patch)
