@@ -182,12 +182,18 @@ def test_backend_that_cannot_run_here(tmp_path, capsys):
         ("", ["--elementwise-backend", "fla"], "--elementwise-backend fla runs FLA's Triton kernels, which need CUDA"),
         # argparse refuses a bad flag value itself; a config file goes through padfree's own check
         ("elementwise_backend: triton\n", [], "--elementwise-backend must be one of auto, torch, fla"),
+        ("", ["--loss-backend", "fla"], "--loss-backend fla runs FLA's Triton kernels, which need CUDA"),
+        ("", ["--loss-backend", "fla", "--compile-elementwise"], "--loss-backend='fla' runs FLA's kernels"),
+        ("loss_backend: triton\n", [], "--loss-backend must be one of auto, torch, fla"),
     ],
 )
 def test_elementwise_backend_that_cannot_run_here(tmp_path, capsys, monkeypatch, config_text, flags, message):
+    import padfree.loss_chunked as loss_chunked
     import padfree.models.fused as fused
 
-    monkeypatch.setattr(fused, "fla_available", lambda: True)  # the CUDA check, not the install check, must fire
+    # the CUDA checks, not the install checks, must fire
+    monkeypatch.setattr(fused, "fla_available", lambda: True)
+    monkeypatch.setattr(loss_chunked, "fla_available", lambda: True)
     (tmp_path / "c.yaml").write_text(config_text + "max_tokens: 256\n")
     args = ["--config", str(tmp_path / "c.yaml"), *flags, "--device", "cpu", "--output-dir", str(tmp_path / "out")]
     err = run_error(capsys, args)

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from padfree.train.config import (
-    ATTENTION_BACKENDS, DEVICES, DTYPES, ELEMENTWISE_BACKENDS, GDN_BACKENDS, TRAIN_DTYPES, OVERLONG_POLICIES, SP_MODES,
-    field_names,
+    ATTENTION_BACKENDS, DEVICES, DTYPES, ELEMENTWISE_BACKENDS, GDN_BACKENDS, LOSS_BACKENDS, TRAIN_DTYPES,
+    OVERLONG_POLICIES, SP_MODES, field_names,
 )
 
 _HELP = {
@@ -50,6 +50,8 @@ _HELP = {
     "--gradient-checkpointing, -30%% with it; docs/benchmarks.md); off by default",
     "elementwise_backend": "the RMSNorms, gated RMSNorms and MLPs: auto (FLA's fused Triton kernels on CUDA "
     "when FLA is installed and --compile-elementwise is off) | torch (upstream's eager code) | fla (default: auto)",
+    "loss_backend": "the fused loss's per-chunk softmax: auto (FLA's cross-entropy Triton kernels on CUDA when FLA "
+    "is installed and --compile-elementwise is off) | torch (PyTorch's ops) | fla (default: auto)",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
@@ -68,6 +70,7 @@ _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "war
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")
 _CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": TRAIN_DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
             "attention_backend": ATTENTION_BACKENDS, "elementwise_backend": ELEMENTWISE_BACKENDS,
+            "loss_backend": LOSS_BACKENDS,
             "sp_mode": SP_MODES}  # fmt: skip
 
 

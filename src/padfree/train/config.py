@@ -17,6 +17,7 @@ from typing import Any
 
 from padfree.ops._backend import BACKENDS as GDN_BACKENDS
 from padfree.ops.attention import BACKENDS as ATTENTION_BACKENDS
+from padfree.loss_chunked import SOFTMAX_BACKENDS as LOSS_BACKENDS
 from padfree.models.fused import ELEMENTWISE_BACKENDS
 from padfree.parallel import MODES as SP_MODES
 from padfree.train.checkpoint import find_checkpoint, read_saved_config
@@ -56,6 +57,7 @@ class TrainConfig:
     attention_backend: str = "auto"
     compile_elementwise: bool = False  # torch.compile the norms and MLPs (padfree.patch compile_elementwise=)
     elementwise_backend: str = "auto"  # the norms and MLPs: auto (FLA's fused kernels on CUDA) | torch | fla
+    loss_backend: str = "auto"  # the loss's per-chunk softmax: auto (FLA's kernels on CUDA) | torch | fla
     # Under torchrun: ranks per sequence-parallel group, which split each packed row's tokens; the
     # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
     sp_degree: int = 1
@@ -212,7 +214,7 @@ def validate(config: TrainConfig) -> None:
         raise TrainError(f"--min-lr-ratio must be in [0, 1], got {config.min_lr_ratio}.")
     choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", TRAIN_DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
                   ("attention_backend", ATTENTION_BACKENDS), ("elementwise_backend", ELEMENTWISE_BACKENDS),
-                  ("sp_mode", SP_MODES))  # fmt: skip
+                  ("loss_backend", LOSS_BACKENDS), ("sp_mode", SP_MODES))  # fmt: skip
     for key, choices in choices_of:
         if getattr(config, key) not in choices:
             flag = "--" + key.replace("_", "-")

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import padfree
 from padfree.checkpointing import enable_checkpointing
 from padfree.corpus import bundled_path
+from padfree.loss_chunked import check_softmax_backend
 from padfree.models.fused import check_elementwise_backend
 from padfree.ops._backend import resolve_backend
 from padfree.ops.attention import varlen_attention
@@ -175,6 +176,15 @@ def check_backends(config: TrainConfig, device: torch.device, dtype: torch.dtype
             f"--elementwise-backend fla runs FLA's Triton kernels, which need CUDA; the device is {device}. "
             "Use --elementwise-backend auto (upstream's norms off the GPU)."
         )
+    try:
+        check_softmax_backend(config.loss_backend, config.compile_elementwise, "--loss-backend")
+    except ValueError as error:
+        raise TrainError(str(error)) from None
+    if config.loss_backend == "fla" and device.type != "cuda":
+        raise TrainError(
+            f"--loss-backend fla runs FLA's Triton kernels, which need CUDA; the device is {device}. "
+            "Use --loss-backend auto (PyTorch's softmax off the GPU)."
+        )
 
 
 def prepare_model(
@@ -193,7 +203,8 @@ def prepare_model(
         model.name_or_path = str(base.resolve())
         model = _add_lora(model, config, resume_from)
     settings = dict(backend=config.backend, attention_backend=config.attention_backend,
-                    compile_elementwise=config.compile_elementwise, elementwise_backend=config.elementwise_backend)  # fmt: skip
+                    compile_elementwise=config.compile_elementwise, elementwise_backend=config.elementwise_backend,
+                    loss_backend=config.loss_backend)  # fmt: skip
     if sequence_parallel is not None:
         settings["sequence_parallel"] = sequence_parallel
     try:
