@@ -42,7 +42,8 @@ def test_bench_runs_all_paths_on_cpu(tmp_path, capsys):
         assert packed["error"].startswith("refused: ") and gate["upstream_packed"]["refused"]
     else:
         assert packed["real_tokens_per_s"] > 0 and gate["upstream_packed"]["max_error"] is not None
-    assert ours["mfu"] is None and ours["peak_mem_gib"] is None  # CPU: no bf16 peak, no per-path peak memory
+    # CPU: no bf16 peak, no per-path peak memory, no kernels to time
+    assert ours["mfu"] is None and ours["peak_mem_gib"] is None and ours["gpu_busy"] is None
 
     out = capsys.readouterr().out
     assert "padfree: max RMS-relative logits error" in out and ": PASS" in out
@@ -155,3 +156,14 @@ def test_unseen_shapes_picks_one_batch_per_new_shape():
     picked = unseen_shapes(warm, timed)
     assert [tuple(b["input_ids"].shape) for b in picked] == [(4, 120), (3, 120), (4, 90)]
     assert picked[0] is timed[1]  # the batches themselves, not copies
+
+
+def test_paths_get_the_same_weights():
+    """Same seed: every path's model starts from the same weights, drawn on the device (here the CPU)."""
+    from padfree.bench.train_step import build_model
+
+    config = shape_config("tiny")
+    first, second = (build_model(config, 0, torch.device("cpu"), torch.float32, False, None) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    third = build_model(config, 1, torch.device("cpu"), torch.float32, False, None)
+    assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), third.parameters()))

@@ -238,6 +238,8 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
                 _add_ratios(report["results"])
                 _write(report, s.json)
                 speed = "" if "error" in result else f"{result['real_tokens_per_s']:,.0f} tok/s"
+                if result.get("gpu_busy") is not None:
+                    speed += f" (GPU busy {result['gpu_busy']:.0%} of the step)"
                 done = result["error"].split(":")[0] if "error" in result else speed
                 where = "" if s.rounds == 1 else f" (round {round_index + 1} of {s.rounds})"
                 setting = "on" if checkpointing else "off"
@@ -276,7 +278,7 @@ def summarize_rounds(results: list[dict]) -> list[dict]:
             continue
         row = dict(ok[0], rounds=len(ok))
         row.pop("round")
-        for key in ("real_tokens_per_s", "seconds", "mfu", "attention_mfu", "vs_upstream_padded",
+        for key in ("real_tokens_per_s", "seconds", "mfu", "attention_mfu", "gpu_busy", "vs_upstream_padded",
                     "vs_upstream_packed"):  # fmt: skip
             values = [r[key] for r in ok if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None

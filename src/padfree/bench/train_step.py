@@ -29,6 +29,8 @@ Metrics of a path:
     attention_mfu        attention_flops / seconds / the same peak, reported apart from mfu (see below)
     peak_mem_gib         torch.cuda.max_memory_allocated over the timed steps; None on CPU, where only the
                          process-wide RSS high-water mark exists and it cannot be reset between paths
+    gpu_busy             one more step's summed kernel time (torch.profiler) over the mean timed step: well
+                         below 1 means the step waits on the host's Python. CUDA and packed paths only
 """
 
 from __future__ import annotations
@@ -165,6 +167,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def kernel_seconds(fn, device: torch.device) -> float:
+    """Summed GPU kernel time of one call of `fn` (torch.profiler, CUDA activity). Over a step's wall time it
+    is the share of the step the GPU was busy; the rest the GPU waited, mostly for the host to launch the
+    next kernel (docs/benchmarks.md, ninth session)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync(device)
+    return sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA) / 1e6
+
+
 def measure(path: str, config, workload: Workload, device: torch.device, dtype: torch.dtype,
             checkpointing: bool, seed: int) -> dict:  # fmt: skip
     """Train `path` on the workload; warm-up steps first, untimed. Raises what the model raises."""
@@ -202,6 +217,11 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
         params = sum(p.numel() for p in model.parameters())
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         final_loss = loss.item()
+        # After the timing, so the profiler's own cost never lands in it. Packed rows only: their steps all
+        # have one shape, so one step's kernels stand for every step's; a padded batch's do not.
+        busy = None
+        if device.type == "cuda" and path != "upstream_padded":
+            busy = kernel_seconds(lambda: step(timed[0][0]), device) / (seconds / num_steps)
     finally:
         del model, optimizer, warm, timed
         gc.collect()
@@ -219,6 +239,7 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
         "mfu": mfu(params, real / seconds, device, dtype),
         "attention_mfu": attention_flops(config, lengths) / seconds / peak_flops if peak_flops else None,
         "peak_mem_gib": peak_mem,
+        "gpu_busy": busy,
         "params": params,
         "final_loss": final_loss,
     }
