@@ -14,8 +14,8 @@ Memory math, per chunk, e = bytes per element of the input dtype (bf16: 2, fp32:
   logits [C, V] in the input dtype, then the fp32 upcast (the e-byte logits are freed right after),
   then log-softmax into a new fp32 buffer: at most 2 fp32 buffers at once, C*V*8 bytes.
   d(logits) = exp(log-softmax) - onehot, written straight in the input dtype: C*V*(4 + e) <= C*V*8.
-  d(weight) for the chunk: g.T @ h is a [V, H] temporary in the input dtype (none for fp32, which
-  accumulates with addmm_), alongside the C*V*e gradient: C*V*e + V*H*e.
+  d(weight) for the chunk: on CPU g.T @ h is a [V, H] temporary in the input dtype (none for fp32,
+  and none on CUDA: `add_weight_grad`), alongside the C*V*e gradient: C*V*e + V*H*e.
   So the op's own peak is max(C*V*8, C*V*e + V*H*e), and `chunk_rows_for_budget` picks C with
   C*V*8 <= budget. Kept from forward to backward: d(hidden) [T, H] in the input dtype, d(weight) [V, H]
   and d(bias) [V] in fp32. Not counted: the inputs and the fp32 d(weight) accumulator.
@@ -102,6 +102,21 @@ def _compiled_logits_grad(backend: str):
     return torch.compile(logits_grad, backend=backend)
 
 
+def add_weight_grad(dw_VH: torch.Tensor, grad_CV: torch.Tensor, hidden_CH: torch.Tensor) -> None:
+    """dw_VH += grad_CV.T @ hidden_CH, with dw_VH the fp32 accumulator of a chunked loss's d(weight).
+
+    On CUDA an e-byte product accumulates into fp32 inside the one cuBLAS call (`addmm` with out_dtype);
+    the CPU has no such kernel (torch 2.13), so there the product is one [V, H] temporary in the input
+    dtype, added after.
+    """
+    if grad_CV.dtype == dw_VH.dtype:
+        dw_VH.addmm_(grad_CV.t(), hidden_CH)
+    elif dw_VH.is_cuda:
+        torch.addmm(dw_VH, grad_CV.t(), hidden_CH, out_dtype=dw_VH.dtype, out=dw_VH)
+    else:
+        dw_VH += grad_CV.t() @ hidden_CH
+
+
 def _fla_softmax_grad(logits_CV: torch.Tensor, targets_C: torch.Tensor, ignore_index: int, needs_grad: bool):
     """Summed CE of one chunk's logits through FLA's Triton kernels; if needs_grad, logits_CV is overwritten
     with d(sum CE)/d(logits) = softmax - onehot, rows of ignored targets exactly 0 (module docstring)."""
@@ -124,10 +139,7 @@ def _fla_chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_in
     if dh_CH is not None:
         torch.mm(grad_CV, weight_VH, out=dh_CH)
     if dw_VH is not None:
-        if grad_CV.dtype == torch.float32:
-            dw_VH.addmm_(grad_CV.t(), hidden_CH)
-        else:
-            torch.addmm(dw_VH, grad_CV.t(), hidden_CH, out_dtype=torch.float32, out=dw_VH)
+        add_weight_grad(dw_VH, grad_CV, hidden_CH)
     if db_V is not None:
         db_V += grad_CV.sum(0, dtype=torch.float32)
     return loss
@@ -170,10 +182,7 @@ def _chunk_loss_and_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index,
         torch.mm(grad_CV, weight_VH, out=dh_CH)
         dh_CH.mul_(trained_C1)
     if dw_VH is not None:
-        if dtype == torch.float32:
-            dw_VH.addmm_(grad_CV.t(), hidden_CH * trained_C1)
-        else:  # addmm_ cannot mix dtypes: one [V, H] temporary in the input dtype
-            dw_VH += grad_CV.t() @ (hidden_CH * trained_C1)
+        add_weight_grad(dw_VH, grad_CV, hidden_CH * trained_C1)
     if db_V is not None:
         db_V += torch.mv(grad_CV.t(), trained_C1.squeeze(1))
     return loss

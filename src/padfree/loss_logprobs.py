@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from padfree.loss_chunked import (
     DEFAULT_BUDGET_BYTES,
+    add_weight_grad,
     apply_autocast,
     check_linear_inputs,
     chunk_log_softmax,
@@ -58,10 +59,7 @@ def _chunk_grads(hidden_CH, targets_C, weight_VH, bias_V, ignore_index, g_lp_C, 
     if dh_CH is not None:
         torch.mm(grad_CV, weight_VH, out=dh_CH)
     if dw_VH is not None:
-        if dw_VH.dtype == grad_CV.dtype:
-            dw_VH.addmm_(grad_CV.t(), hidden_CH)
-        else:
-            dw_VH += grad_CV.t() @ hidden_CH
+        add_weight_grad(dw_VH, grad_CV, hidden_CH)
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
