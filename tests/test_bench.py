@@ -137,6 +137,8 @@ def test_bf16_gate_bound_follows_rounding_and_still_catches_a_leak(leaks, monkey
         (["--row-tokens", "64", "--median-len", "5000"], "every benchmark row holds a single document"),
         (["--fastest", "--no-gradient-checkpointing"], "--fastest times every path with checkpointing on and off"),
         (["--rounds", "0"], "--rounds 0: time the paths at least once"),
+        (["--paths", "padfree_graphed"], "padfree_graphed captures CUDA graphs; drop it from --paths on cpu"),
+        (["--paths", "padfree,padfree_graphed", "--warmup", "1"], "padfree_graphed needs at least 2 warm-up rows"),
     ],
 )
 def test_bench_rejects_bad_settings_before_any_compute(flags, message, capsys):

@@ -102,10 +102,14 @@ def _sequence_parallel(model) -> str:
     )
 
 
-def packed_vs_per_document(model, lengths: list[int], device: torch.device, **patch_settings) -> list[float]:
+def packed_vs_per_document(
+    model, lengths: list[int], device: torch.device, static_max_docs: int | None = None, **patch_settings
+) -> list[float]:
     """Per document of `lengths` (random tokens): RMS-relative logits error of the patched model's packed
     row (padfree.patch with `patch_settings`) against the unpatched model on the document alone. Used by
-    `padfree check` and `padfree bench`."""
+    `padfree check` and `padfree bench`. With `static_max_docs` (CUDA) the packed row runs as the CUDA-graph
+    step runs it: a padfree.cuda_graph.StaticRow of that many document slots, empty documents at its end and
+    offsets the ops trust."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
     docs = [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
@@ -120,9 +124,17 @@ def packed_vs_per_document(model, lengths: list[int], device: torch.device, **pa
         padfree.patch(model, **patch_settings)
         try:
             batch = padfree.collate([{"input_ids": d} for d in docs])
-            batch.pop("labels")
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            packed = model(**batch).logits[0].float()
+            if static_max_docs is not None:
+                from padfree import cuda_graph
+
+                row = cuda_graph.StaticRow(sum(lengths), static_max_docs, device)
+                row.fill(batch)
+                with cuda_graph.fla_tensor_cache_off():
+                    packed = cuda_graph.static_row_logits(model, row)[0].float()
+            else:
+                batch.pop("labels")
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                packed = model(**batch).logits[0].float()
         finally:
             padfree.unpatch(model)
     pieces = packed.split(lengths)

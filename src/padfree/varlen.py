@@ -22,11 +22,16 @@ class PackedBatch:
     cu_seqlens_host: the same offsets as a tuple of Python ints, for Python-level slicing without
                      a device-to-host sync.
     max_seqlen:      the longest document's length.
+    chunk_indices:   None, except in a fixed-shape row (`padfree.cuda_graph.StaticRow`): FLA's
+                     [NT, 2] int32 table of (document, 64-token chunk). Such a row has no host copy
+                     (cu_seqlens_host is None: its values change under a captured graph), ends in
+                     empty documents, and was validated on the host before its buffers were filled.
     """
 
     cu_seqlens: torch.Tensor
-    cu_seqlens_host: tuple[int, ...]
+    cu_seqlens_host: tuple[int, ...] | None
     max_seqlen: int
+    chunk_indices: torch.Tensor | None = None
 
     @property
     def num_docs(self) -> int:
@@ -42,6 +47,12 @@ class PackedBatch:
         return [offsets[i + 1] - offsets[i] for i in range(self.num_docs)]
 
     def to(self, device: torch.device | str) -> "PackedBatch":
+        if self.chunk_indices is not None:
+            if torch.device(device) != self.cu_seqlens.device:
+                raise ValueError(
+                    "a fixed-shape row (padfree.cuda_graph.StaticRow) lives on its device; build it there."
+                )
+            return self
         return PackedBatch(offsets_to(self.cu_seqlens, device), self.cu_seqlens_host, self.max_seqlen)
 
 
@@ -79,6 +90,30 @@ def check_cu_seqlens_tensor(cu_seqlens: torch.Tensor) -> None:
         raise ValueError(
             f"cu_seqlens must be a 1-D integer tensor [N + 1] with N >= 1, got {cu_seqlens.dtype} of shape "
             f"{tuple(cu_seqlens.shape)}."
+        )
+
+
+def check_chunk_indices(chunk_indices: torch.Tensor, cu_seqlens: torch.Tensor | None, backend: str) -> None:
+    """The shape checks of FLA's precomputed `chunk_indices` (its values are trusted, never read).
+
+    Only FLA's kernels take the table; padfree's other backends read the offsets on the host.
+    """
+    if backend != "fla":
+        raise ValueError(
+            f"chunk_indices is FLA's precomputed chunk table and only backend 'fla' uses it, but the backend here is "
+            f"{backend!r}; drop chunk_indices (the {backend} backend reads the offsets itself) or use backend='fla'."
+        )
+    if cu_seqlens is None:
+        raise ValueError("chunk_indices was given without cu_seqlens; it indexes the documents of cu_seqlens.")
+    if chunk_indices.dim() != 2 or chunk_indices.shape[1] != 2 or chunk_indices.is_floating_point():
+        raise ValueError(
+            f"chunk_indices must be an integer [NT, 2] table of (document, chunk), got {chunk_indices.dtype} of shape "
+            f"{tuple(chunk_indices.shape)}."
+        )
+    if chunk_indices.device != cu_seqlens.device or chunk_indices.dtype != cu_seqlens.dtype:
+        raise ValueError(
+            f"chunk_indices ({chunk_indices.dtype} on {chunk_indices.device}) must match cu_seqlens' dtype and device "
+            f"({cu_seqlens.dtype} on {cu_seqlens.device})."
         )
 
 

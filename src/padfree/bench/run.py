@@ -31,7 +31,8 @@ import padfree
 from padfree.bench.gate import correctness_gate, gate_lengths
 from padfree.bench.shapes import GATE_INIT_STD, SHAPES, shape_config
 from padfree.bench.train_step import (
-    DEFAULT_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload, measure,
+    DEFAULT_PATHS, GRAPHED_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
+    measure,
 )  # fmt: skip
 
 
@@ -66,6 +67,11 @@ def _validate(s: BenchSettings) -> None:
         raise ValueError(f"--row-tokens {s.row_tokens}: a row needs at least 2 tokens.")
     if s.median_len <= 0:
         raise ValueError(f"--median-len {s.median_len}: give a positive median sample length.")
+    if any(p in GRAPHED_PATHS for p in s.paths) and s.warmup < 2:
+        raise ValueError(
+            f"--warmup {s.warmup}: padfree_graphed needs at least 2 warm-up rows (eager steps tune the kernels, the "
+            "last one captures the graph)."
+        )
     if s.fastest and s.gradient_checkpointing is not None:
         raise ValueError(
             "--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing."
@@ -206,6 +212,8 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
         _validate(s)
         device = resolve_device(s.device)
         dtype = resolve_dtype(s.dtype, device)
+        if device.type != "cuda" and any(p in GRAPHED_PATHS for p in s.paths):
+            raise ValueError(f"padfree_graphed captures CUDA graphs; drop it from --paths on {device.type}.")
         row_tokens = s.row_tokens or (8192 if device.type == "cuda" else 2048)
         config = shape_config(s.shape)
         workload = make_workload(config.vocab_size, row_tokens, s.steps, s.warmup, s.median_len, s.seed)

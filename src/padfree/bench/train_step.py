@@ -11,6 +11,11 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
                      MLPs, the baseline of the fused ones. Not in the default paths.
     padfree_torch_loss the same, patched with loss_backend="torch": the loss's per-chunk softmax in
                      PyTorch's ops, the baseline of FLA's cross-entropy kernels. Not in the default paths.
+    padfree_graphed  the padfree path with each step (forward, loss, backward, AdamW with capturable=True)
+                     captured once in a CUDA graph and replayed per row (padfree.cuda_graph), so the host
+                     launches one graph instead of ~3,000 kernels. CUDA with FLA only; not in the default
+                     paths. Its warm-up trains eagerly, then captures; its batches stay on the host and
+                     are copied in inside the timed step.
     padfree_compiled the same, patched with compile_elementwise=True (padfree.models.compiled): its
                      norms and MLPs under torch.compile; compiled in the warm-up steps. Not in the
                      default paths (`--paths` adds it).
@@ -27,7 +32,8 @@ Metrics of a path:
     packing_efficiency   real tokens / slots (padded: batch size x longest sample; packed: row length)
     mfu                  6 * params * real_tokens_per_s / the GPU's dense bf16 peak (None on CPU)
     attention_mfu        attention_flops / seconds / the same peak, reported apart from mfu (see below)
-    peak_mem_gib         torch.cuda.max_memory_allocated over the timed steps; None on CPU, where only the
+    peak_mem_gib         torch.cuda.max_memory_allocated over the timed steps (padfree_graphed: from its first
+                         warm-up step on, since its graph's memory is allocated at capture); None on CPU, where only the
                          process-wide RSS high-water mark exists and it cannot be reset between paths
     gpu_busy             one more step's summed kernel time (torch.profiler) over the mean timed step: well
                          below 1 means the step waits on the host's Python. CUDA and packed paths only
@@ -50,6 +56,7 @@ from padfree.train.metrics import mfu, peak_bf16_flops
 
 PATHS = (
     "upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms", "padfree_torch_loss",
+    "padfree_graphed",
 )
 DEFAULT_PATHS = PATHS[:3]
 # padfree.patch's settings of each padfree path (the other paths stay unpatched)
@@ -58,7 +65,9 @@ PATCH_SETTINGS = {
     "padfree_compiled": {"compile_elementwise": True},
     "padfree_eager_norms": {"elementwise_backend": "torch"},
     "padfree_torch_loss": {"loss_backend": "torch"},
+    "padfree_graphed": {},
 }
+GRAPHED_PATHS = ("padfree_graphed",)  # trained through padfree.cuda_graph.CudaGraphTrainStep
 # The issue's baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
 # which pads more; 4 is the kinder baseline for upstream.
 PADDED_BATCH = 4
@@ -185,29 +194,47 @@ def measure(path: str, config, workload: Workload, device: torch.device, dtype: 
     """Train `path` on the workload; warm-up steps first, untimed. Raises what the model raises."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; choose from {', '.join(PATHS)}.")
-    warm = [_to(b, device) for b, _ in _batches(path, workload, workload.rows[: workload.warmup])]
-    timed = [(_to(b, device), slots) for b, slots in _batches(path, workload, workload.rows[workload.warmup :])]
+    graphed = path in GRAPHED_PATHS
+    # A graphed step copies each row in itself (from pinned host memory), as it would in training.
+    move = (lambda b: b) if graphed else (lambda b: _to(b, device))
+    warm = [move(b) for b, _ in _batches(path, workload, workload.rows[: workload.warmup])]
+    timed = [(move(b), slots) for b, slots in _batches(path, workload, workload.rows[workload.warmup :])]
     lengths = workload.lengths(workload.rows[workload.warmup :])
     real, slots, num_steps = sum(lengths), sum(s for _, s in timed), len(timed)
     model = build_model(config, seed, device, dtype, checkpointing, PATCH_SETTINGS.get(path))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    if graphed:
+        from padfree.cuda_graph import CudaGraphTrainStep
 
-    def step(batch):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+        if workload.warmup < 2:
+            raise ValueError(
+                f"{path} needs --warmup >= 2: eager steps tune the kernels, the last warm-up step captures."
+            )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True, capturable=True)
+        max_docs = max(b["cu_seq_lens_q"].numel() - 1 for b in [*warm, *(b for b, _ in timed)])
+        step = CudaGraphTrainStep(model, optimizer, workload.row_tokens, max_docs, eager_steps=workload.warmup - 1)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+        def step(batch):
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
 
     try:
+        if graphed and device.type == "cuda":
+            # The graph's memory pool is allocated while it is captured (the last warm-up step) and only reused
+            # by the timed replays, so its peak is counted from here: warm-up, capture and replays.
+            torch.cuda.reset_peak_memory_stats(device)
         for batch in warm:
             step(batch)
-        if device.type == "cuda":  # untimed, and no optimizer step: the weights stay as the warm-up left them
+        if device.type == "cuda" and not graphed:  # untimed, no optimizer step: the weights stay as warm-up left them
             for batch in unseen_shapes(warm, [b for b, _ in timed]):
                 model(**batch).loss.backward()
                 optimizer.zero_grad(set_to_none=True)
         _sync(device)
-        if device.type == "cuda":
+        if device.type == "cuda" and not graphed:
             torch.cuda.reset_peak_memory_stats(device)  # params and optimizer state stay counted
         start = time.perf_counter()
         for batch, _ in timed:

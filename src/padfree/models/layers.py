@@ -52,7 +52,8 @@ def gdn_gate_inputs(
         A_log, dt_bias = A_log[value_heads], dt_bias[value_heads]
     mixed_qkv_1TC = causal_conv1d(
         mixed_qkv_1TC, weight, bias, activation=module.activation, initial_state=conv_state,
-        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, backend=backend,
+        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, chunk_indices=packed.chunk_indices,
+        backend=backend,
     )  # fmt: skip
     value_width = b_1TH.shape[-1] * module.head_v_dim
     key_width = (mixed_qkv_1TC.shape[-1] - value_width) // 2
@@ -78,7 +79,7 @@ def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch,
     q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH = gdn_gate_inputs(module, mixed_qkv, b_1TH, a_1TH, packed, backend)
     o_1THD, _ = chunk_gated_delta_rule(
         q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH,
-        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host,
+        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, chunk_indices=packed.chunk_indices,
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     return gdn_output(module, o_1THD, z_1THD)
@@ -118,5 +119,6 @@ def attention_packed(
     o_THD = varlen_attention(
         q_1THD[0], k_1THD[0], v_1THD[0], packed.cu_seqlens, packed.max_seqlen,
         scale=module.scaling, backend=backend, cu_seqlens_host=packed.cu_seqlens_host,
+        trust_offsets=packed.chunk_indices is not None,  # a fixed-shape row, validated before its buffers were filled
     )  # fmt: skip
     return attention_output(module, o_THD, gate_1THD), None

@@ -49,6 +49,7 @@ def varlen_attention(
     cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_k: int | None = None,
     cu_seqlens_k_host: tuple[int, ...] | None = None,
+    trust_offsets: bool = False,
 ) -> torch.Tensor:
     """Causal attention within each document of a packed row; documents never see each other.
 
@@ -63,6 +64,9 @@ def varlen_attention(
         cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host: the keys' own offsets (k, v are then
             [Tk, HKV, D]), each document with at least as many keys as queries, causal aligned to
             the bottom right (see the module docstring). Default: the queries' offsets.
+        trust_offsets: skip the checks of the offsets' values (their shapes are still checked): no
+            device-to-host read, as a CUDA graph needs, and empty documents may end the row. For
+            callers that validated them already (padfree.cuda_graph, on the host). Flash backends only.
 
     Returns:
         [T, H, D] in q's dtype.
@@ -78,11 +82,15 @@ def varlen_attention(
             raise ValueError("max_seqlen_k / cu_seqlens_k_host were given without cu_seqlens_k; pass all three.")
         cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host = cu_seqlens, max_seqlen, cu_seqlens_host
     offsets, offsets_k = _check_inputs(
-        q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host
+        q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host, trust_offsets
     )
     if scale is None:
         scale = q.shape[-1] ** -0.5
     kind = resolve_attention_backend(backend, q)
+    if trust_offsets and kind == "sdpa_per_doc":
+        raise ValueError(
+            "trust_offsets=True needs a flash backend (CUDA, fp16/bf16): sdpa_per_doc slices the documents on the host."
+        )
     cu = (cu_seqlens, cu_seqlens_k, max_seqlen, max_seqlen_k)
     if kind == "varlen_attn":
         return _varlen_attn(q, k, v, *cu, scale)
@@ -99,7 +107,7 @@ def varlen_attention(
 
 
 def _check_inputs(
-    q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host
+    q, k, v, cu_seqlens, max_seqlen, cu_seqlens_host, cu_seqlens_k, max_seqlen_k, cu_seqlens_k_host, trusted=False
 ) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     """Raise ValueError on inputs any backend would misread; return the host offsets (q, k) if known."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
@@ -149,8 +157,10 @@ def _check_inputs(
             offsets = tuple(int(o) for o in host)
             if len(offsets) != cu.numel():
                 raise ValueError(f"cu_seqlens{name}_host has {len(offsets)} offsets but cu_seqlens{name} has {cu.numel()}.")
-        elif torch.compiler.is_compiling():
-            found.append(None)  # values are trusted inside a compiled graph; checking them would sync and break it
+        elif trusted or torch.compiler.is_compiling():
+            # values are trusted when the caller says so (a CUDA graph) and inside a compiled graph: checking them
+            # would sync and break either graph
+            found.append(None)
             continue
         else:
             offsets = tuple(cu.tolist())

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from padfree.ops._backend import resolve_backend
-from padfree.varlen import check_cu_seqlens_tensor, check_offsets
+from padfree.varlen import check_chunk_indices, check_cu_seqlens_tensor, check_offsets
 from padfree.ops.conv1d import naive, torch_backend
 
 __all__ = ["causal_conv1d"]
@@ -31,6 +31,7 @@ def causal_conv1d(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
+    chunk_indices: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Causal depthwise conv1d over [B, T, D] that restarts at every document boundary.
@@ -39,7 +40,7 @@ def causal_conv1d(
 
     where x before a document's start is read from `initial_state` (or is 0), never from the
     previous document. A subset of FLA 0.6's `fla.modules.causal_conv1d.causal_conv1d` with the
-    same names and meaning; not supported: `residual`, `chunk_indices`, `cp_context`, and FLA's
+    same names and meaning; not supported: `residual`, `cp_context`, and FLA's
     `backend` values ("triton", "cuda", "mix": ours picks an implementation, see below).
 
     Args:
@@ -54,6 +55,9 @@ def causal_conv1d(
         cu_seqlens: [N + 1] integer offsets on x's device, 0 = cu[0] < cu[1] < ... < cu[N] = T.
         cu_seqlens_cpu: the same offsets on the host (CPU tensor or ints), e.g.
             `PackedBatch.cu_seqlens_host`. Lets the checks and FLA run without a device sync.
+        chunk_indices: FLA's [NT, 2] table of (document, 64-token chunk) for cu_seqlens; backend
+            "fla" only. Given without cu_seqlens_cpu, the offsets are trusted and never read on the
+            host, and empty documents may end the row (padfree.cuda_graph; see chunk_gated_delta_rule).
         backend: "auto", "torch", "fla" (CUDA + flash-linear-attention) or "naive".
 
     Dtypes: weight, bias and initial_state may have another floating dtype than x (Qwen3.5 runs
@@ -75,8 +79,11 @@ def causal_conv1d(
         >>> y.shape
         torch.Size([1, 7, 6])
     """
-    host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu)
     kind = resolve_backend(backend, x.device, op="conv1d")
+    if chunk_indices is not None:
+        check_chunk_indices(chunk_indices, cu_seqlens, kind)
+    trusted = chunk_indices is not None and cu_seqlens_cpu is None
+    host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu, trusted)
     if kind == "torch":
         y, final = torch_backend.causal_conv1d(
             x, weight, bias, activation, initial_state, output_final_state, cu_seqlens
@@ -87,7 +94,7 @@ def causal_conv1d(
         from padfree.ops.conv1d import fla_backend
 
         y, final = fla_backend.causal_conv1d(
-            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, host_offsets
+            x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, host_offsets, chunk_indices
         )
     else:
         raise ValueError(f"backend {kind!r} has no conv1d implementation; use 'torch', 'fla' or 'naive'.")
@@ -95,7 +102,7 @@ def causal_conv1d(
 
 
 def _check_inputs(
-    x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu
+    x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu, trusted: bool = False
 ) -> tuple[int, ...] | None:
     """Raise ValueError on inputs the backends would misread; return the host offsets if known."""
     if x.dim() != 3:
@@ -121,7 +128,7 @@ def _check_inputs(
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; move it with .to(x.device).")
 
-    N, host_offsets = _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu)
+    N, host_offsets = _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu, trusted)
     if initial_state is not None and tuple(initial_state.shape) != (N, D, weight.shape[1]):
         raise ValueError(
             f"initial_state must be [N, D, W] = [{N}, {D}, {weight.shape[1]}] (one state per "
@@ -130,7 +137,7 @@ def _check_inputs(
     return host_offsets
 
 
-def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ...] | None]:
+def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu, trusted: bool = False) -> tuple[int, tuple[int, ...] | None]:
     """(number of documents, host offsets or None) after checking the offsets against x."""
     B, T, _ = x.shape
     if cu_seqlens is None:
@@ -151,8 +158,10 @@ def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu) -> tuple[int, tuple[int, ..
         host_offsets = tuple(int(o) for o in offsets)
         if len(host_offsets) != N + 1:
             raise ValueError(f"cu_seqlens_cpu has {len(host_offsets)} offsets but cu_seqlens has {N + 1}.")
-    elif torch.compiler.is_compiling():
-        return N, None  # values are trusted inside a compiled graph; reading them would break it
+    elif trusted or torch.compiler.is_compiling():
+        # values are trusted with chunk_indices (validated by padfree.cuda_graph before capture) and inside a
+        # compiled graph; reading them would break either graph
+        return N, None
     else:
         host_offsets = tuple(cu_seqlens.tolist())
     check_offsets(host_offsets, T, row_name="x")

@@ -36,6 +36,7 @@ def causal_conv1d(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_host: Sequence[int] | None = None,
+    chunk_indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """FLA's kernel with padfree's (validated) arguments; returns (y [B, T, D], final_state [N, D, W])."""
     fla_conv, params = _fla_causal_conv1d()
@@ -57,5 +58,9 @@ def causal_conv1d(
         kwargs["cu_seqlens"] = device_offsets
         if "cu_seqlens_cpu" in params:  # FLA >= 0.6: builds its indices from the host copy
             kwargs["cu_seqlens_cpu"] = host_offsets
+        if chunk_indices is not None:  # a fixed-shape row: FLA must not build (and sync for) its own table
+            if "chunk_indices" not in params:
+                raise ValueError("this FLA release's causal_conv1d takes no chunk_indices; upgrade to FLA >= 0.6.")
+            kwargs["chunk_indices"] = chunk_indices
     y, final_state = fla_conv(**kwargs)
     return y, final_state

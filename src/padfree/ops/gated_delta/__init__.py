@@ -12,7 +12,7 @@ import torch
 
 from padfree.ops._backend import resolve_backend
 from padfree.ops.gated_delta import fla_backend, naive, torch_backend
-from padfree.varlen import check_offsets
+from padfree.varlen import check_chunk_indices, check_cu_seqlens_tensor, check_offsets
 
 __all__ = ["chunk_gated_delta_rule"]
 
@@ -33,6 +33,7 @@ def chunk_gated_delta_rule(
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
+    chunk_indices: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule over packed documents; the state never crosses a document boundary.
@@ -52,6 +53,10 @@ def chunk_gated_delta_rule(
         cu_seqlens_cpu: optional host copy of cu_seqlens (as in FLA; a CPU tensor, or a sequence of
             ints such as PackedBatch.cu_seqlens_host); spares the one device-to-host read of the
             offsets. It is trusted to equal cu_seqlens.
+        chunk_indices: FLA's [NT, 2] table of (document, 64-token chunk) for cu_seqlens, as in FLA;
+            backend "fla" only. Given without cu_seqlens_cpu, the offsets are trusted and never read
+            on the host, and empty documents may end the row: what a CUDA graph needs
+            (padfree.cuda_graph builds both from offsets it validated).
         backend: "auto" (FLA on a CUDA device where it is safe, else "torch"), "torch", "fla",
             or "naive" (the slow per-token oracle).
     Returns:
@@ -70,17 +75,20 @@ def chunk_gated_delta_rule(
         >>> o.shape, ht.shape
         (torch.Size([1, 10, 4, 16]), torch.Size([2, 4, 16, 16]))
     """
-    offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu)
+    name = resolve_backend(backend, q.device)
+    if chunk_indices is not None:
+        check_chunk_indices(chunk_indices, cu_seqlens, name)
+    offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu, chunk_indices)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    name = resolve_backend(backend, q.device)
     if name == "torch":
         return torch_backend.chunk_gated_delta_rule(
             q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, offsets
         )
     elif name == "fla":
         return fla_backend.chunk_gated_delta_rule(
-            q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, offsets
+            q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, offsets,
+            chunk_indices,
         )
     elif name == "naive":
         return naive.chunk_gated_delta_rule(
@@ -95,8 +103,11 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
 
 
 @torch.compiler.disable
-def _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu) -> tuple[int, ...] | None:
-    """Check every shape, dtype and offset; return the offsets as host ints (None when unpacked)."""
+def _validate(
+    q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu, chunk_indices=None
+) -> tuple[int, ...] | None:
+    """Check every shape, dtype and offset; return the offsets as host ints (None when unpacked, or when
+    trusted: chunk_indices without a host copy)."""
     if q.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"q must be [B, T, H, K] and v [B, T, HV, V], got q {_shape(q)} and v {_shape(v)}; "
@@ -131,15 +142,19 @@ def _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu) -> tu
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}; move it to {q.device}.")
 
     offsets = None
-    if cu_seqlens is not None:
+    if cu_seqlens is not None and (chunk_indices is None or cu_seqlens_cpu is not None):
         offsets = _check_cu_seqlens(cu_seqlens, cu_seqlens_cpu, B, T)
-    N = B if offsets is None else len(offsets) - 1
+    elif cu_seqlens is not None:  # trusted offsets (see chunk_indices): shapes only, no host read
+        if B != 1:
+            raise ValueError(f"cu_seqlens needs one packed row (B=1), got B={B}.")
+        check_cu_seqlens_tensor(cu_seqlens)
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     if initial_state is not None:
         want = (N, HV, K, v.shape[3])
         if initial_state.shape != want:
             raise ValueError(
                 f"initial_state {_shape(initial_state)} must be [N, HV, K, V] = {want}, one state per "
-                f"{'document (len(cu_seqlens) - 1)' if offsets is not None else 'batch row'}."
+                f"{'document (len(cu_seqlens) - 1)' if cu_seqlens is not None else 'batch row'}."
             )
         if not initial_state.is_floating_point():
             raise ValueError(f"initial_state must be a float tensor, got {initial_state.dtype}.")
