@@ -198,3 +198,24 @@ def test_elementwise_backend_that_cannot_run_here(tmp_path, capsys, monkeypatch,
     args = ["--config", str(tmp_path / "c.yaml"), *flags, "--device", "cpu", "--output-dir", str(tmp_path / "out")]
     err = run_error(capsys, args)
     assert message in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cuda-graph", "--device", "cpu"], "--cuda-graph: CUDA graphs need a CUDA device"),
+        (["--cuda-graph", "--compile-elementwise"], "--cuda-graph does not cover --compile-elementwise"),
+        (["--cuda-graph", "--sp-degree", "2"], "--cuda-graph does not cover sequence parallelism"),
+    ],
+)
+def test_cuda_graph_that_cannot_run_here(tmp_path, capsys, flags, message):
+    err = run_error(capsys, [*flags, "--max-tokens", "256", "--output-dir", str(tmp_path / "out")])
+    assert message in err and not (tmp_path / "out").exists()
+
+
+def test_resume_cannot_switch_cuda_graph(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--max-tokens", "256", "--max-steps", "2", "--save-every", "1", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    err = run_error(capsys, ["--resume", str(out), "--cuda-graph", "--max-steps", "3"])
+    assert "was trained without --cuda-graph; resume it the same way" in err

@@ -52,6 +52,9 @@ _HELP = {
     "when FLA is installed and --compile-elementwise is off) | torch (upstream's eager code) | fla (default: auto)",
     "loss_backend": "the fused loss's per-chunk softmax: auto (FLA's cross-entropy Triton kernels on CUDA when FLA "
     "is installed and --compile-elementwise is off) | torch (PyTorch's ops) | fla (default: auto)",
+    "cuda_graph": "replay each training step from CUDA graphs (padfree.cuda_graph): the host launches one graph "
+    "instead of thousands of kernels (0.8B shape, one H100: 2.37x transformers' packed step, vs 1.1-1.6x eager). "
+    "One process, CUDA with flash-linear-attention, a dense (non-MoE) model; rows are padded to --max-tokens",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",
@@ -64,7 +67,7 @@ _HELP = {
     "resume": "continue from a checkpoint folder, or from an output dir's newest complete checkpoint",
     "overwrite": "replace a previous run's checkpoints and metrics in --output-dir (demo: on by default)",
 }
-_BOOLS = ("gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite")
+_BOOLS = ("gradient_checkpointing", "compile_elementwise", "cuda_graph", "tensorboard", "overwrite")
 _INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
          "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
 _FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")

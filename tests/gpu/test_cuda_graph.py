@@ -9,7 +9,9 @@ Skipped without CUDA or flash-linear-attention. Three claims:
   checkpointing, and as `padfree train` runs it: fp32 weights under bf16 autocast, two rows
   accumulated per step, gradient clipping, and a schedule on a tensor learning rate. Rows differ in document count
   and layout, so a replay that kept the capture row's offsets would differ; a control computes the
-  eager loss under a wrong layout to show that such a difference is far above the bound.
+  eager loss of a 21-document row under a one-document layout to show that such a difference is
+  above the bound (more than 3x: a random tiny model's mean loss moves little with its context,
+  1.1e-2 measured on an H100; the weights comparison is a second check).
 - Changing a float learning rate after capture is refused.
 """
 
@@ -109,14 +111,14 @@ def test_replayed_steps_train_what_eager_steps_train(tmp_path, checkpointing, ac
         if clip:
             norms.append((eager_norm.item(), graphed_norm.item()))
     assert step.captured and step.updates == len(LAYOUTS)  # steps 2.. ran as replays
-    with torch.no_grad():  # control: the loss of row 3 under row 2's layout, i.e. what a stale replay would see
-        wrong = dict(rows[2], cu_seq_lens_q=rows[1]["cu_seq_lens_q"], cu_seq_lens_k=rows[1]["cu_seq_lens_k"],
-                     position_ids=rows[1]["position_ids"])  # fmt: skip
-        right = _eager_loss(eager, rows[2], autocast=autocast).item()
+    with torch.no_grad():  # control: row 4 (21 documents) under row 5's layout (one), as a stale replay would see it
+        wrong = dict(rows[3], cu_seq_lens_q=rows[4]["cu_seq_lens_q"], cu_seq_lens_k=rows[4]["cu_seq_lens_k"],
+                     position_ids=rows[4]["position_ids"])  # fmt: skip
+        right = _eager_loss(eager, rows[3], autocast=autocast).item()
         stale_gap = abs(_eager_loss(eager, wrong, autocast=autocast).item() - right) / right
     for i, (e, g) in enumerate(losses):
         assert abs(g - e) <= 2e-3 * abs(e), f"step {i}: graphed loss {g:.5f} vs eager {e:.5f}"
-    assert stale_gap > 10 * 2e-3, f"the control's wrong layout moved the loss by only {stale_gap:.1e}"
+    assert stale_gap > 3 * 2e-3, f"the control's wrong layout moved the loss by only {stale_gap:.1e}"
     for i, (e, g) in enumerate(norms):  # clipping had work to do: the norms exceed the bound
         assert e > clip and abs(g - e) <= 1e-2 * e, f"step {i}: graphed grad norm {g:.4f} vs eager {e:.4f}"
     for (name, p_e), p_g, p_0 in zip(eager.named_parameters(), graphed.parameters(), start):

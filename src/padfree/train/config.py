@@ -58,6 +58,9 @@ class TrainConfig:
     compile_elementwise: bool = False  # torch.compile the norms and MLPs (padfree.patch compile_elementwise=)
     elementwise_backend: str = "auto"  # the norms and MLPs: auto (FLA's fused kernels on CUDA) | torch | fla
     loss_backend: str = "auto"  # the loss's per-chunk softmax: auto (FLA's kernels on CUDA) | torch | fla
+    # Replay each step from CUDA graphs (padfree.cuda_graph): one process, CUDA with FLA, a dense model; rows are
+    # padded to max_tokens (the graph's fixed shape) instead of to a multiple of pad_multiple.
+    cuda_graph: bool = False
     # Under torchrun: ranks per sequence-parallel group, which split each packed row's tokens; the
     # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
     sp_degree: int = 1
@@ -208,6 +211,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         if value is not None and value < 0:
             raise TrainError(f"--{key.replace('_', '-')} must be >= 0, got {value}.")
+    if config.cuda_graph and config.compile_elementwise:
+        raise TrainError("--cuda-graph does not cover --compile-elementwise; drop one of them.")
+    if config.cuda_graph and config.sp_degree > 1:
+        raise TrainError("--cuda-graph does not cover sequence parallelism (--sp-degree > 1); drop one of them.")
     if not config.lr > 0:
         raise TrainError(f"--lr must be > 0, got {config.lr}.")
     if not 0 <= config.min_lr_ratio <= 1:

@@ -7,6 +7,7 @@ Phases:
 3. Train: per optimizer step, collate its `grad_accum` packed rows, count their trained tokens
    (host labels: no device sync), and run each micro-batch with num_items_in_batch = that count,
    so the summed losses and gradients equal one big batch's (see padfree.loss). Clip, step.
+   With --cuda-graph the same arithmetic is captured once and replayed (padfree.cuda_graph).
 
 Exact resume: the weights, AdamW moments, scheduler position and RNG states are restored from
 the checkpoint, and the data position follows from the step (padfree.train.data), so a resumed
@@ -61,13 +62,20 @@ class TrainResult:
 
 
 def make_optimizer(model, config: TrainConfig, total_steps: int):
-    """AdamW (decay on matrices only) and linear warmup then cosine decay to lr * min_lr_ratio."""
+    """AdamW (decay on matrices only) and linear warmup then cosine decay to lr * min_lr_ratio.
+
+    With --cuda-graph: fused and capturable, with the learning rate in a device tensor, which the
+    schedule updates in place (a float would be baked into the captured graph)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    if config.cuda_graph:
+        lr = torch.tensor(config.lr, device=params[0].device)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
     warmup = config.warmup_steps if config.warmup_steps is not None else max(1, round(0.05 * total_steps))
 
     def factor(step: int) -> float:  # step: optimizer steps taken so far
@@ -77,6 +85,45 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), warmup
+
+
+def _set_lr_kind(optimizer, graphed: bool) -> None:
+    """The learning rate as a device tensor (graphed) or a float after loading a checkpoint's optimizer state,
+    which replaces the groups' values: the graph reads the tensor in place, and a float would be baked in."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            value = group.get(key)
+            if value is None:
+                continue
+            if graphed and not isinstance(value, torch.Tensor):
+                group[key] = torch.tensor(float(value), device=group["params"][0].device)
+            elif not graphed and isinstance(value, torch.Tensor):
+                group[key] = float(value)
+
+
+def _plain_scheduler_state(scheduler) -> dict:
+    """The schedule's state with learning rates as floats, so either mode can resume it."""
+    return {key: [float(v) for v in value] if isinstance(value, list) and value and isinstance(value[0], torch.Tensor)
+            else value for key, value in scheduler.state_dict().items()}  # fmt: skip
+
+
+def _graph_step(config: TrainConfig, model, optimizer, stream, precision, d: Dist):
+    """padfree.cuda_graph's step for --cuda-graph (None without it); its refusals become TrainErrors."""
+    if not config.cuda_graph:
+        return None
+    from padfree.cuda_graph import CudaGraphTrainStep
+
+    if d.distributed:
+        raise TrainError("--cuda-graph runs in one process; launch padfree train without torchrun, or drop it.")
+    max_docs = max(len(row) for row in stream.plan.rows) + 1  # + the padding document of padfree.collate(pad_to=)
+    try:
+        return CudaGraphTrainStep(
+            model, optimizer, config.max_tokens, max_docs, eager_steps=1,
+            autocast_dtype=precision.compute if precision.autocast else None,
+            max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else float("inf"),
+        )  # fmt: skip
+    except ValueError as error:
+        raise TrainError(f"--cuda-graph: {error}") from None
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -114,6 +161,14 @@ def train(
         raise TrainError(
             f"{output_dir} already holds a run ({', '.join(existing[:3])}); pass --resume {output_dir} to continue "
             "it, --overwrite to replace it, or another --output-dir."
+        )
+    if saved is not None and bool(saved.get("cuda_graph", False)) != config.cuda_graph:
+        # The two modes build different AdamW kernels (fused and capturable, or foreach), and the optimizer state
+        # carries that choice; switching on resume is not supported.
+        was = "with" if saved.get("cuda_graph") else "without"
+        raise TrainError(
+            f"{resume_from} was trained {was} --cuda-graph; resume it the same way (the setting changes the "
+            "optimizer's kernel, whose state the checkpoint holds), or start a new run."
         )
     if config.tensorboard:
         try:
@@ -164,6 +219,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
     if state is not None:
         ckpt.load_optimizer_state(model, optimizer, state["optimizer"], d.distributed)
         scheduler.load_state_dict(state["scheduler"])
+        _set_lr_kind(optimizer, config.cuda_graph)
+    graph_step = _graph_step(config, model, optimizer, stream, precision, d)  # checks before anything is written
 
     print(description, file=out)
     if d.distributed:
@@ -233,19 +290,24 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
             step_start = time.perf_counter()
             positions = stream.step_positions(step, rows_per_step, config.epochs, config.max_steps)
             batches, trained, tokens = _rank_batches(stream, positions, config, d, pad_id)
-            lr = scheduler.get_last_lr()[0]
+            lr = float(scheduler.get_last_lr()[0])
             loss_sum = torch.zeros((), device=device)
-            for batch in batches:
-                inputs = _to_device(distributed.sp_inputs(batch, d, pad_id), device)
-                with torch.autocast(device.type, dtype=precision.compute, enabled=precision.autocast):
-                    loss = model(**inputs, num_items_in_batch=trained).loss
-                loss.backward()
-                loss_sum += loss.detach()
-            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-            optimizer.step()
+            if graph_step is not None:  # the same arithmetic, replayed (padfree.cuda_graph)
+                for batch in batches:
+                    loss_sum += graph_step.accumulate(batch, num_items_in_batch=trained)
+                grad_norm = graph_step.update()
+            else:
+                for batch in batches:
+                    inputs = _to_device(distributed.sp_inputs(batch, d, pad_id), device)
+                    with torch.autocast(device.type, dtype=precision.compute, enabled=precision.autocast):
+                        loss = model(**inputs, num_items_in_batch=trained).loss
+                    loss.backward()
+                    loss_sum += loss.detach()
+                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             loss_value = distributed.sum_over(loss_sum, d, None).item()  # each rank holds its tokens' share
             if not math.isfinite(loss_value):
                 raise TrainError(f"the loss is {loss_value} at step {step + 1}; lower --lr (now {config.lr:g}).")
@@ -264,7 +326,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
             done = step + 1
             if done == total_steps or (config.save_every and done % config.save_every == 0):
                 last_saved = _save(config, output_dir, done, model, tokenizer, optimizer, d, {
-                    "step": done, "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state(device, d.distributed),
+                    "step": done, "scheduler": _plain_scheduler_state(scheduler),
+                    "rng": ckpt.rng_state(device, d.distributed),
                     "tokens_seen": tokens_seen, "dp_size": d.dp_size, "padfree_version": padfree.__version__,
                 })  # fmt: skip
     finally:
@@ -286,7 +349,10 @@ def _rank_batches(stream, positions: range, config: TrainConfig, d: Dist, pad_id
     batches, trained, tokens = [], 0, 0
     for position in distributed.rank_positions(positions, config.grad_accum, d):
         row = stream.row(position if position is not None else positions[0])
-        batch = collate(row, pad_to_multiple_of=config.pad_multiple, pad_token_id=pad_id)
+        if config.cuda_graph:  # the captured step's fixed row length
+            batch = collate(row, pad_to=config.max_tokens, pad_token_id=pad_id)
+        else:
+            batch = collate(row, pad_to_multiple_of=config.pad_multiple, pad_token_id=pad_id)
         if position is None:  # a filler micro-batch (see rank_positions): it runs, and trains nothing
             batch["labels"] = torch.full_like(batch["labels"], -100)
         else:
