@@ -23,6 +23,8 @@ def test_check_passes_on_a_tiny_model(capsys):
     out = capsys.readouterr().out
     assert "transformers" in out and "backends picked by auto: Gated DeltaNet torch, attention sdpa_per_doc, norms and MLPs torch, loss softmax torch" in out
     assert "sequence parallelism: Ulysses at degrees [1, 2, 4], context parallelism at any degree" in out
+    assert "CUDA-graph step (padfree.CudaGraphTrainStep, padfree train --cuda-graph): not available here: CUDA graphs " \
+           "need a CUDA device" in out
     assert reported_error(out) <= 1e-4 and "bound 1e-04" in out and out.rstrip().endswith("keep documents apart here.")
 
 
@@ -42,3 +44,11 @@ def test_check_fails_when_a_layer_ignores_document_boundaries(op, monkeypatch, c
 def test_check_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["check", "--model", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_check_says_the_cuda_graph_step_skips_moe_models(tmp_path, capsys):
+    from padfree.tiny import save_tiny_model
+
+    save_tiny_model("qwen3_5_moe", tmp_path)
+    assert main(["check", "--model", str(tmp_path), "--device", "cpu"]) == 0
+    assert "--cuda-graph): not available here: the captured step covers dense models" in capsys.readouterr().out

@@ -102,6 +102,20 @@ def _sequence_parallel(model) -> str:
     )
 
 
+def _cuda_graph_refusal(model, device: torch.device) -> str | None:
+    """Why padfree.CudaGraphTrainStep cannot run this model here, or None when it can."""
+    from padfree.cuda_graph import check_graphable
+
+    padfree.patch(model)
+    try:
+        check_graphable(model, None, device)
+    except ValueError as error:
+        return str(error)
+    finally:
+        padfree.unpatch(model)
+    return None
+
+
 def packed_vs_per_document(
     model, lengths: list[int], device: torch.device, static_max_docs: int | None = None, **patch_settings
 ) -> list[float]:
@@ -183,7 +197,16 @@ def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto
         f"bound {bound:.0e} ({why})",
         file=out,
     )
-    if errors[worst] <= bound:
+    refusal = _cuda_graph_refusal(loaded, target)
+    graph_line = "  CUDA-graph step (padfree.CudaGraphTrainStep, padfree train --cuda-graph): "
+    if refusal is not None:
+        print(graph_line + f"not available here: {refusal}", file=out)
+    else:  # the same comparison with the row in the graph step's fixed shape (empty documents at its end)
+        static = packed_vs_per_document(loaded, lengths, target, static_max_docs=len(lengths) + 3)
+        errors = errors + static
+        print(graph_line + f"available; its fixed-shape row: max RMS-relative logits error {max(static):.1e}",
+              file=out)  # fmt: skip
+    if max(errors) <= bound:
         print("PASS: packed rows keep documents apart here.", file=out)
         return 0
     print(

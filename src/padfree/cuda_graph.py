@@ -40,7 +40,7 @@ import torch
 
 from padfree.loss import causal_lm_loss, count_trained_tokens
 from padfree.models.causal_lm import _NO_MASKS, PACKED_KWARG
-from padfree.varlen import PackedBatch, check_offsets
+from padfree.varlen import PackedBatch, check_offsets, document_positions
 
 __all__ = [
     "CudaGraphTrainStep", "StaticRow", "check_row", "chunk_table", "padded_offsets", "static_row_logits",
@@ -159,13 +159,6 @@ class StaticRow:
             buffer.copy_(host.pin_memory() if host.device.type == "cpu" else host, non_blocking=True)
 
 
-def _positions(cu_seqlens: torch.Tensor, row_tokens: int) -> torch.Tensor:
-    """[1, T] positions 0, 1, 2, ... inside each document, on the device: no host read (output_size is T)."""
-    offsets = cu_seqlens.long()
-    starts = torch.repeat_interleave(offsets[:-1], offsets[1:] - offsets[:-1], output_size=row_tokens)
-    return (torch.arange(row_tokens, device=offsets.device) - starts).unsqueeze(0)
-
-
 def _settings(model) -> dict:
     from padfree.models.patch import _MARK, _unwrap
 
@@ -180,7 +173,7 @@ def _hidden(model, row: StaticRow) -> torch.Tensor:
 
     inner = _unwrap(model)
     outputs = inner.model(
-        input_ids=row.input_ids, position_ids=_positions(row.cu_seqlens, row.row_tokens),
+        input_ids=row.input_ids, position_ids=document_positions(row.cu_seqlens, row.row_tokens).unsqueeze(0),
         attention_mask=dict(_NO_MASKS), use_cache=False, **{PACKED_KWARG: row.packed},
     )  # fmt: skip
     return outputs.last_hidden_state
@@ -221,9 +214,10 @@ def fla_tensor_cache_off():
 
 
 def check_graphable(
-    model, optimizer: torch.optim.Optimizer, device: torch.device, autocast_dtype: torch.dtype | None = None
+    model, optimizer: torch.optim.Optimizer | None, device: torch.device, autocast_dtype: torch.dtype | None = None
 ) -> None:
-    """Refuse, before any compute, what the captured step cannot run; each message says the fix."""
+    """Refuse, before any compute, what the captured step cannot run; each message says the fix.
+    `optimizer` None skips the optimizer's check (`padfree check` asks about the setup alone)."""
     from padfree.models.patch import _unwrap
     from padfree.ops._backend import resolve_backend
     from padfree.ops.attention import resolve_attention_backend
@@ -262,7 +256,7 @@ def check_graphable(
             "the captured step was built inside an autocast region; pass autocast_dtype=torch.bfloat16 instead (the "
             "step then captures autocast without its weight-cast cache, which a graph cannot keep)."
         )
-    for group in optimizer.param_groups:
+    for group in optimizer.param_groups if optimizer is not None else []:
         if not group.get("capturable", False):
             raise ValueError(
                 f"{type(optimizer).__name__} was built without capturable=True, so its step cannot be captured; build "

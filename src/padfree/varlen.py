@@ -93,6 +93,18 @@ def check_cu_seqlens_tensor(cu_seqlens: torch.Tensor) -> None:
         )
 
 
+def document_positions(cu_seqlens: torch.Tensor, total_len: int) -> torch.Tensor:
+    """[T] positions 0, 1, 2, ... inside each document, on the offsets' device.
+
+    A handful of kernels whatever the number of documents (an arange per document was one launch
+    each), and no host read: `output_size` is known on the host. Empty documents repeat nothing,
+    so the padded offsets of a CUDA-graph row (padfree.cuda_graph) work too.
+    """
+    offsets = cu_seqlens.long()
+    starts = torch.repeat_interleave(offsets[:-1], offsets[1:] - offsets[:-1], output_size=total_len)
+    return torch.arange(total_len, device=offsets.device) - starts
+
+
 def check_chunk_indices(chunk_indices: torch.Tensor, cu_seqlens: torch.Tensor | None, backend: str) -> None:
     """The shape checks of FLA's precomputed `chunk_indices` (its values are trusted, never read).
 

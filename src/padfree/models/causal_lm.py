@@ -20,7 +20,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from padfree.loss import causal_lm_loss
 from padfree.parallel.shard import sharded_row
-from padfree.varlen import PackedBatch, packed_from_cu_seqlens, packed_from_position_ids, position_ids_restart
+from padfree.varlen import (
+    PackedBatch, document_positions, packed_from_cu_seqlens, packed_from_position_ids, position_ids_restart,
+)  # fmt: skip
 
 PACKED_KWARG = "padfree_packed"
 _NO_MASKS = {"full_attention": None, "linear_attention": None}  # skips upstream's O(T^2) mask building
@@ -48,15 +50,6 @@ def _find_packed(args: dict, total_len: int) -> PackedBatch | None:
     return packed_from_cu_seqlens(cu, total_len)
 
 
-def _positions(packed: PackedBatch) -> torch.Tensor:
-    """0, 1, 2, ... inside each document of the row, on the offsets' device: a handful of kernels
-    whatever the number of documents (an arange per document was one launch each), and no sync
-    (`output_size` is known on the host)."""
-    offsets = packed.cu_seqlens.long()
-    starts = torch.repeat_interleave(offsets[:-1], offsets[1:] - offsets[:-1], output_size=packed.total_len)
-    return torch.arange(packed.total_len, device=offsets.device) - starts
-
-
 def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, rows: slice = slice(None)) -> None:
     """Refuse what a packed row cannot hold; fill in position_ids when absent. `packed` is on the row's device."""
     if batch_size != 1:
@@ -72,7 +65,7 @@ def _check_packed_row(args: dict, packed: PackedBatch, batch_size: int, rows: sl
     if args.get("cache") is not None or args.get("past_key_values") is not None:
         raise ValueError("a packed row cannot use a cache (it holds several documents); generate per document.")
     position_ids = args.get("position_ids")
-    expected = _positions(packed).unsqueeze(0)[:, rows]
+    expected = document_positions(packed.cu_seqlens, packed.total_len).unsqueeze(0)[:, rows]
     if position_ids is None:
         args["position_ids"] = expected
     elif position_ids.shape != expected.shape or not bool((position_ids == expected).all()):

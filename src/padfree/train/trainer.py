@@ -229,6 +229,10 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
             f"{f' ({config.sp_mode})' if d.sp_size > 1 else ''}; FSDP2 over all of them",
             file=out,
         )
+    if graph_step is not None:
+        print(f"cuda graph: the step is captured after {graph_step.eager_steps} eager step and replayed (padfree."
+              f"cuda_graph); rows padded to {config.max_tokens:,} tokens, at most {graph_step.row.max_docs} "
+              "documents each", file=out)  # fmt: skip
     print(f"data: {loaded.source} ({loaded.shape}, {'cached' if loaded.from_cache else 'tokenised'})", file=out)
     stats = stream.plan.stats
     packing = (
