@@ -169,3 +169,16 @@ def test_paths_get_the_same_weights():
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
     third = build_model(config, 1, torch.device("cpu"), torch.float32, False, None)
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), third.parameters()))
+
+
+def test_default_paths_add_the_graphed_step_where_it_runs(monkeypatch):
+    import padfree.ops._backend as backend
+    from padfree.bench.run import default_paths
+    from padfree.bench.train_step import DEFAULT_PATHS
+
+    assert default_paths(torch.device("cpu"), warmup=2) == DEFAULT_PATHS
+    monkeypatch.setattr(backend, "resolve_backend", lambda name, device, op="gated_delta": "fla")
+    assert default_paths(torch.device("cuda"), warmup=2) == (*DEFAULT_PATHS, "padfree_graphed")
+    assert default_paths(torch.device("cuda"), warmup=1) == DEFAULT_PATHS  # it needs two warm-up rows
+    monkeypatch.setattr(backend, "resolve_backend", lambda name, device, op="gated_delta": "torch")
+    assert default_paths(torch.device("cuda"), warmup=2) == DEFAULT_PATHS  # no FLA: no graph

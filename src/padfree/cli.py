@@ -117,8 +117,9 @@ def _add_bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--row-tokens", type=int, help="tokens per packed row (default: 8192 on CUDA, 2048 on CPU)")
     bench.add_argument("--steps", type=int, default=5, help="timed rows per path (default: 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed rows per path before timing (default: 2)")
-    bench.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                       help=f"comma list of {', '.join(PATHS)} (default: %(default)s)")  # fmt: skip
+    bench.add_argument("--paths", default=None,
+                       help=f"comma list of {', '.join(PATHS)} (default: {','.join(DEFAULT_PATHS)}, and "
+                            "padfree_graphed on CUDA with flash-linear-attention)")  # fmt: skip
     bench.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                        help="activation checkpointing for every path (default: on)")  # fmt: skip
     bench.add_argument("--fastest", action="store_true",
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "bench":
         from padfree.bench import BenchSettings, run_bench
 
-        return run_bench(BenchSettings(**dict(args, paths=tuple(args["paths"].split(",")))))
+        paths = tuple(args["paths"].split(",")) if args["paths"] is not None else None
+        return run_bench(BenchSettings(**dict(args, paths=paths)))
     parser.print_help()
     return 2
 

@@ -20,7 +20,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -44,7 +44,7 @@ class BenchSettings:
     row_tokens: int | None = None  # None: 8192 on CUDA, 2048 on CPU
     steps: int = 5
     warmup: int = 2
-    paths: tuple[str, ...] = DEFAULT_PATHS
+    paths: tuple[str, ...] | None = None  # None: default_paths(device)
     gradient_checkpointing: bool | None = None  # None: on (or both, with fastest)
     fastest: bool = False  # time every path with checkpointing on and off; compare each at its faster one
     rounds: int = 1  # time the whole sequence of paths this many times; report medians (summarize_rounds)
@@ -53,12 +53,26 @@ class BenchSettings:
     json: str | None = None
 
 
+def default_paths(device: torch.device, warmup: int) -> tuple[str, ...]:
+    """DEFAULT_PATHS, plus padfree's fastest step, the CUDA-graph one, where it runs: CUDA with FLA's kernels
+    (and the two warm-up rows it needs)."""
+    from padfree.ops._backend import resolve_backend
+
+    graphed = device.type == "cuda" and warmup >= 2 and resolve_backend("auto", device) == "fla"
+    return DEFAULT_PATHS + (GRAPHED_PATHS if graphed else ())
+
+
 def _validate(s: BenchSettings) -> None:
     if s.shape not in SHAPES:
         raise ValueError(f"--shape {s.shape}: choose one of {', '.join(SHAPES)}.")
     unknown = [p for p in s.paths if p not in PATHS]
     if unknown or not s.paths:
         raise ValueError(f"--paths {','.join(s.paths)}: give a comma list of {', '.join(PATHS)}.")
+    if any(p in GRAPHED_PATHS for p in s.paths) and s.warmup < 2:
+        raise ValueError(
+            f"--warmup {s.warmup}: padfree_graphed needs at least 2 warm-up rows (eager steps tune the kernels, the "
+            "last one captures the graph)."
+        )
     if s.rounds < 1:
         raise ValueError(f"--rounds {s.rounds}: time the paths at least once.")
     if s.steps < 1 or s.warmup < 0:
@@ -67,11 +81,6 @@ def _validate(s: BenchSettings) -> None:
         raise ValueError(f"--row-tokens {s.row_tokens}: a row needs at least 2 tokens.")
     if s.median_len <= 0:
         raise ValueError(f"--median-len {s.median_len}: give a positive median sample length.")
-    if any(p in GRAPHED_PATHS for p in s.paths) and s.warmup < 2:
-        raise ValueError(
-            f"--warmup {s.warmup}: padfree_graphed needs at least 2 warm-up rows (eager steps tune the kernels, the "
-            "last one captures the graph)."
-        )
     if s.fastest and s.gradient_checkpointing is not None:
         raise ValueError(
             "--fastest times every path with checkpointing on and off; drop --(no-)gradient-checkpointing."
@@ -209,8 +218,10 @@ def run_bench(settings: BenchSettings, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     s = settings
     try:
-        _validate(s)
         device = resolve_device(s.device)
+        if s.paths is None:
+            s = replace(s, paths=default_paths(device, s.warmup))
+        _validate(s)
         dtype = resolve_dtype(s.dtype, device)
         if device.type != "cuda" and any(p in GRAPHED_PATHS for p in s.paths):
             raise ValueError(f"padfree_graphed captures CUDA graphs; drop it from --paths on {device.type}.")
