@@ -37,6 +37,7 @@ import padfree
 from padfree.bench.shapes import shape_config
 from padfree.checkpointing import enable_checkpointing
 from padfree.corpus import lognormal_lengths
+from padfree.cuda_graph import CudaGraphTrainStep
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, reduce_gradients, shard_batch
 from padfree.tiny import _realistic_gates
@@ -52,6 +53,9 @@ def main():
     parser.add_argument("--elementwise-backend", default="auto", help="norms and MLPs: auto, torch (upstream's), fla")
     parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="run the step as padfree.CudaGraphTrainStep (one GPU): captured in the warm-up, then "
+                             "replayed; the kernel table is then the graph's kernels")  # fmt: skip
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
     parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")
@@ -73,7 +77,9 @@ def main():
     if args.checkpointing:
         enable_checkpointing(model)
     padfree.patch(model, backend=args.backend, sequence_parallel=sp, elementwise_backend=args.elementwise_backend)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda)
+    if args.cuda_graph and (sp is not None or not cuda or args.warmup < 2):
+        parser.error("--cuda-graph needs one CUDA GPU (no torchrun) and --warmup >= 2 (eager, then capture)")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda, capturable=args.cuda_graph)
     row_tokens = args.row_tokens * world
     lengths = [int(n) for n in lognormal_lengths(64 * world, median=600, sigma=1.0, max_len=row_tokens, seed=0)]
     g = torch.Generator().manual_seed(0)
@@ -88,9 +94,17 @@ def main():
     if sp is not None:
         kwargs["num_items_in_batch"] = count_trained_tokens(batch["labels"])
         batch = shard_batch(batch, sp)
+    host_batch = batch
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
+    graph_step = None
+    if args.cuda_graph:
+        graph_step = CudaGraphTrainStep(model, optimizer, row_tokens, len(host_batch["cu_seq_lens_q"]) - 1,
+                                        autocast_dtype=torch.bfloat16 if mixed else None)  # fmt: skip
 
     def step():
+        if graph_step is not None:
+            graph_step(host_batch)  # the row is refilled from the host each step, as in training
+            return
         with torch.autocast(device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
             loss = model(**batch, **kwargs).loss
         loss.backward()
@@ -124,7 +138,8 @@ def main():
     parallel = "" if sp is None else f", {world} ranks {sp.layer_modes or args.sp_mode} ({world * args.row_tokens}-token row)"
     lines = [
         f"shape {args.shape}, {args.row_tokens} tokens per rank{parallel}, checkpointing {args.checkpointing}, "
-        f"backend {args.backend}, elementwise {args.elementwise_backend}, {name}",
+        f"backend {args.backend}, elementwise {args.elementwise_backend}, {name}"
+        f"{', one CUDA graph per step' if args.cuda_graph else ''}",
         f"step {step_ms:.1f} ms ({args.row_tokens / step_ms * 1e3:,.0f} tok/s per rank); kernels {kernel_ms:.1f} ms "
         f"(GPU busy {kernel_ms / step_ms:.0%} of the unprofiled step); precision {args.precision}",
         f"kernels launched in one step: {launches}; host-device syncs in one step: {sum(syncs.values())}",
