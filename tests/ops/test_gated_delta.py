@@ -366,3 +366,26 @@ def test_host_offsets_accepted():
     for host in (args["cu_seqlens"].clone(), (0, 3, 4, 10)):
         o, _ = chunk_gated_delta_rule(q, k, v, g, beta, **args, cu_seqlens_cpu=host)
         assert torch.equal(o, ref)
+
+
+def test_gate_in_kernel_equals_the_decay_and_sigmoid_given_outside():
+    """FLA's use_gate_in_kernel / use_beta_sigmoid_in_kernel, on the torch backend: the same formula applied
+    inside the op (transformers' Qwen3.5 layer computes g = -exp(A_log) * softplus(a + dt_bias) in fp32)."""
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.nn.functional.normalize(torch.randn(1, 50, 2, 16, generator=gen), dim=-1) for _ in range(2))
+    v = torch.randn(1, 50, 4, 16, generator=gen)
+    a, b = torch.randn(1, 50, 4, generator=gen), torch.randn(1, 50, 4, generator=gen)
+    A_log, dt_bias = torch.randn(4, generator=gen), torch.randn(4, generator=gen)
+    cu = torch.tensor([0, 7, 8, 50], dtype=torch.int32)
+    g = -A_log.exp() * torch.nn.functional.softplus(a + dt_bias)
+    expected, _ = chunk_gated_delta_rule(q, k, v, g, b.sigmoid(), cu_seqlens=cu, backend="torch")
+    fused, _ = chunk_gated_delta_rule(q, k, v, a, b, cu_seqlens=cu, backend="torch", use_gate_in_kernel=True,
+                                      A_log=A_log, dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True)  # fmt: skip
+    torch.testing.assert_close(fused, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="needs A_log"):
+        chunk_gated_delta_rule(q, k, v, a, b, cu_seqlens=cu, backend="torch", use_gate_in_kernel=True)
+    with pytest.raises(ValueError, match=r"A_log must be a float tensor of shape \[HV\] = \[4\]"):
+        chunk_gated_delta_rule(q, k, v, a, b, cu_seqlens=cu, backend="torch", use_gate_in_kernel=True,
+                               A_log=torch.randn(2))  # fmt: skip
+    with pytest.raises(ValueError, match="without use_gate_in_kernel=True"):
+        chunk_gated_delta_rule(q, k, v, g, b, cu_seqlens=cu, backend="torch", A_log=A_log)

@@ -59,7 +59,7 @@ def default_paths(device: torch.device, warmup: int) -> tuple[str, ...]:
     from padfree.ops._backend import resolve_backend
 
     graphed = device.type == "cuda" and warmup >= 2 and resolve_backend("auto", device) == "fla"
-    return DEFAULT_PATHS + (GRAPHED_PATHS if graphed else ())
+    return DEFAULT_PATHS + (("padfree_graphed",) if graphed else ())
 
 
 def _validate(s: BenchSettings) -> None:

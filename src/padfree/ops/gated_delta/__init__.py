@@ -14,7 +14,7 @@ from padfree.ops._backend import resolve_backend
 from padfree.ops.gated_delta import fla_backend, naive, torch_backend
 from padfree.varlen import check_chunk_indices, check_cu_seqlens_tensor, check_offsets
 
-__all__ = ["chunk_gated_delta_rule"]
+__all__ = ["chunk_gated_delta_rule", "gdn_decay"]
 
 
 # Host-side (validation, one read of the offsets, dispatch): never traced by torch.compile, which
@@ -34,6 +34,10 @@ def chunk_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
     chunk_indices: torch.Tensor | None = None,
+    use_gate_in_kernel: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    use_beta_sigmoid_in_kernel: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule over packed documents; the state never crosses a document boundary.
@@ -57,6 +61,11 @@ def chunk_gated_delta_rule(
             backend "fla" only. Given without cu_seqlens_cpu, the offsets are trusted and never read
             on the host, and empty documents may end the row: what a CUDA graph needs
             (padfree.cuda_graph builds both from offsets it validated).
+        use_gate_in_kernel, A_log, dt_bias: as in FLA, `g` is then the raw gate input a [B, T, HV] and
+            the log decay is computed inside the op, in fp32, as Gated DeltaNet defines it:
+            g = -exp(A_log) * softplus(a + dt_bias), A_log and dt_bias [HV] (dt_bias may be None).
+            On FLA this fuses ~17 small ops per layer (and their backward) into its kernels.
+        use_beta_sigmoid_in_kernel: `beta` is then the raw logit b and beta = sigmoid(b) (as FLA).
         backend: "auto" (FLA on a CUDA device where it is safe, else "torch"), "torch", "fla",
             or "naive" (the slow per-token oracle).
     Returns:
@@ -78,6 +87,12 @@ def chunk_gated_delta_rule(
     name = resolve_backend(backend, q.device)
     if chunk_indices is not None:
         check_chunk_indices(chunk_indices, cu_seqlens, name)
+    _check_gate(g, use_gate_in_kernel, A_log, dt_bias)
+    if name != "fla":  # FLA fuses these; the other backends take the decay and beta as usual
+        if use_gate_in_kernel:
+            g = gdn_decay(g, A_log, dt_bias)
+        if use_beta_sigmoid_in_kernel:
+            beta = beta.sigmoid()
     offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu, chunk_indices)
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -88,7 +103,7 @@ def chunk_gated_delta_rule(
     elif name == "fla":
         return fla_backend.chunk_gated_delta_rule(
             q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel, cu_seqlens, offsets,
-            chunk_indices,
+            chunk_indices, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel,
         )
     elif name == "naive":
         return naive.chunk_gated_delta_rule(
@@ -96,6 +111,29 @@ def chunk_gated_delta_rule(
         )
     else:
         raise ValueError(f"backend {name!r} has no gated delta rule implementation.")
+
+
+def gdn_decay(a: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None) -> torch.Tensor:
+    """Gated DeltaNet's log decay from its raw gate input, in fp32 (in half precision exp(A_log) can
+    overflow): -exp(A_log) * softplus(a + dt_bias), as transformers' Qwen3.5 layer computes it."""
+    a = a.float() if dt_bias is None else a.float() + dt_bias
+    return -A_log.float().exp() * torch.nn.functional.softplus(a)
+
+
+def _check_gate(a, use_gate_in_kernel: bool, A_log, dt_bias) -> None:
+    if not use_gate_in_kernel:
+        if A_log is not None or dt_bias is not None:
+            raise ValueError("A_log / dt_bias were given without use_gate_in_kernel=True; pass it, or drop them.")
+        return
+    HV = a.shape[-1]
+    if A_log is None:
+        raise ValueError("use_gate_in_kernel=True needs A_log [HV] (the layer's A_log): g is then the raw gate input.")
+    for name, x in (("A_log", A_log), ("dt_bias", dt_bias)):
+        if x is not None and (tuple(x.shape) != (HV,) or not x.is_floating_point() or x.device != a.device):
+            raise ValueError(
+                f"{name} must be a float tensor of shape [HV] = [{HV}] on {a.device}, got {x.dtype} of shape "
+                f"{tuple(x.shape)} on {x.device}."
+            )
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:

@@ -30,6 +30,10 @@ def chunk_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_host: Sequence[int] | None = None,
     chunk_indices: torch.Tensor | None = None,
+    use_gate_in_kernel: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    use_beta_sigmoid_in_kernel: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Inputs already validated by the public function; shapes as there."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk_gated_delta_rule
@@ -50,4 +54,15 @@ def chunk_gated_delta_rule(
         cu_seqlens=device_offsets,
         cu_seqlens_cpu=host_offsets,
         chunk_indices=chunk_indices,
+        **_gate_kwargs(use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel),
     )
+
+
+def _gate_kwargs(use_gate_in_kernel: bool, A_log, dt_bias, use_beta_sigmoid_in_kernel: bool) -> dict:
+    """FLA's in-kernel gate arguments, passed only when used: older FLA releases do not take them."""
+    kwargs = {}
+    if use_gate_in_kernel:
+        kwargs.update(use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias)
+    if use_beta_sigmoid_in_kernel:
+        kwargs["use_beta_sigmoid_in_kernel"] = True
+    return kwargs
