@@ -87,13 +87,13 @@ def chunk_gated_delta_rule(
     name = resolve_backend(backend, q.device)
     if chunk_indices is not None:
         check_chunk_indices(chunk_indices, cu_seqlens, name)
-    _check_gate(g, use_gate_in_kernel, A_log, dt_bias)
+    offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu, chunk_indices)
+    _check_gate(g, use_gate_in_kernel, A_log, dt_bias)  # the raw a and b have g's and beta's shapes
     if name != "fla":  # FLA fuses these; the other backends take the decay and beta as usual
         if use_gate_in_kernel:
             g = gdn_decay(g, A_log, dt_bias)
         if use_beta_sigmoid_in_kernel:
             beta = beta.sigmoid()
-    offsets = _validate(q, k, v, g, beta, initial_state, cu_seqlens, cu_seqlens_cpu, chunk_indices)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if name == "torch":
