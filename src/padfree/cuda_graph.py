@@ -20,14 +20,15 @@ device buffers (from pinned memory, without blocking) before the replay. The ops
 the values (`chunk_indices`, `trust_offsets`), because reading them back would sync and break
 capture.
 
-What is captured: the patched model's forward on the row, padfree's fused loss, backward, and
-`optimizer.step()`. Requirements, each checked before any compute:
+What is captured, in two graphs: the patched model's forward on the row, padfree's fused loss and
+backward, which add into persistent gradients (`accumulate`); then clipping, `optimizer.step()` and
+zeroing the gradients in place (`update`). Requirements, each checked before any compute:
 - a model patched by `padfree.patch`, on CUDA, with FLA's kernels (the torch backends read the
-  offsets on the host) and a flash attention backend;
+  offsets on the host) and a flash attention backend (bf16 or fp16 compute);
 - an optimizer built with `capturable=True` (AdamW with fused=True, capturable=True is the fast one);
 - a dense model: an MoE layer sizes its work per expert on the host;
-- no sequence parallelism, no torch.compile of the norms, no autocast: train in the weights' dtype.
-One row per optimizer step; gradient accumulation is not captured.
+- no sequence parallelism, no torch.compile of the norms; autocast only through `autocast_dtype=`
+  (captured without its weight-cast cache), not from an enclosing autocast region.
 """
 
 from __future__ import annotations
