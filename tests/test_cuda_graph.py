@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import padfree
-from padfree.cuda_graph import CHUNK, CudaGraphTrainStep, check_row, chunk_slots, chunk_table, padded_offsets
+from padfree.cuda_graph import CudaGraphTrainStep
+from padfree.static_row import CHUNK, check_row, chunk_slots, chunk_table, padded_offsets
 from padfree.ops.attention import varlen_attention
 from padfree.ops.conv1d import causal_conv1d
 from padfree.ops.gated_delta import chunk_gated_delta_rule
@@ -79,8 +80,12 @@ def test_check_row_returns_the_offsets_and_refuses_bad_rows():
         check_row(dict(batch, position_ids=torch.arange(20)[None]), 20, max_docs=8)
     with pytest.raises(ValueError, match="strictly increasing"):
         check_row(dict(batch, cu_seq_lens_q=torch.tensor([0, 5, 5, 20]), cu_seq_lens_k=None), 20, max_docs=8)
-    with pytest.raises(ValueError, match="attention_mask"):
-        check_row(dict(batch, attention_mask=torch.ones(1, 20)), 20, max_docs=8)
+    # the rule of every packed row (padfree.models.causal_lm): a padding mask is refused, an all-ones one is inert
+    padding_mask = torch.ones(1, 20, dtype=torch.long)
+    padding_mask[0, -3:] = 0
+    with pytest.raises(ValueError, match="attention_mask with zeros"):
+        check_row(dict(batch, attention_mask=padding_mask), 20, max_docs=8)
+    assert check_row(dict(batch, attention_mask=torch.ones(1, 20)), 20, max_docs=4) == [0, 5, 8, 15, 20]
 
 
 def test_padded_offsets_refuse_more_documents_than_slots():

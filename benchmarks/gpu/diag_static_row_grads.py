@@ -9,7 +9,7 @@ import torch
 
 import padfree
 from padfree.corpus import bundled_path
-from padfree.cuda_graph import StaticRow, fla_tensor_cache_off, static_row_loss
+from padfree.static_row import StaticRow, fla_tensor_cache_off, static_row_loss
 from padfree.loss import count_trained_tokens
 from padfree.train.config import TrainConfig
 from padfree.train.data import load_training_data

@@ -122,7 +122,7 @@ def packed_vs_per_document(
     """Per document of `lengths` (random tokens): RMS-relative logits error of the patched model's packed
     row (padfree.patch with `patch_settings`) against the unpatched model on the document alone. Used by
     `padfree check` and `padfree bench`. With `static_max_docs` (CUDA) the packed row runs as the CUDA-graph
-    step runs it: a padfree.cuda_graph.StaticRow of that many document slots, empty documents at its end and
+    step runs it: a padfree.static_row.StaticRow of that many document slots, empty documents at its end and
     offsets the ops trust."""
     vocab = model.config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
@@ -139,12 +139,12 @@ def packed_vs_per_document(
         try:
             batch = padfree.collate([{"input_ids": d} for d in docs])
             if static_max_docs is not None:
-                from padfree import cuda_graph
+                from padfree import static_row
 
-                row = cuda_graph.StaticRow(sum(lengths), static_max_docs, device)
+                row = static_row.StaticRow(sum(lengths), static_max_docs, device)
                 row.fill(batch)
-                with cuda_graph.fla_tensor_cache_off():
-                    packed = cuda_graph.static_row_logits(model, row)[0].float()
+                with static_row.fla_tensor_cache_off():
+                    packed = static_row.static_row_logits(model, row)[0].float()
             else:
                 batch.pop("labels")
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -22,7 +22,7 @@ class PackedBatch:
     cu_seqlens_host: the same offsets as a tuple of Python ints, for Python-level slicing without
                      a device-to-host sync.
     max_seqlen:      the longest document's length.
-    chunk_indices:   None, except in a fixed-shape row (`padfree.cuda_graph.StaticRow`): FLA's
+    chunk_indices:   None, except in a fixed-shape row (`padfree.static_row.StaticRow`): FLA's
                      [NT, 2] int32 table of (document, 64-token chunk). Such a row has no host copy
                      (cu_seqlens_host is None: its values change under a captured graph), ends in
                      empty documents, and was validated on the host before its buffers were filled.
@@ -50,7 +50,7 @@ class PackedBatch:
         if self.chunk_indices is not None:
             if torch.device(device) != self.cu_seqlens.device:
                 raise ValueError(
-                    "a fixed-shape row (padfree.cuda_graph.StaticRow) lives on its device; build it there."
+                    "a fixed-shape row (padfree.static_row.StaticRow) lives on its device; build it there."
                 )
             return self
         return PackedBatch(offsets_to(self.cu_seqlens, device), self.cu_seqlens_host, self.max_seqlen)

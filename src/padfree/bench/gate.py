@@ -96,7 +96,7 @@ def correctness_gate(
         rounding = 0.0 if dtype == torch.float32 else _rounding_error(model, docs, device)
         if ROUNDING_MARGIN * rounding > bound:
             bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x upstream's own rounding error here"
-        # A graphed path runs its rows as fixed-shape rows (padfree.cuda_graph.StaticRow): gate that form, with
+        # A graphed path runs its rows as fixed-shape rows (padfree.static_row.StaticRow): gate that form, with
         # spare document slots so the empty padding documents are in the row.
         errors = {path: max(packed_vs_per_document(
                       model, lengths, device,

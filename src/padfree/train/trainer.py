@@ -87,18 +87,14 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), warmup
 
 
-def _set_lr_kind(optimizer, graphed: bool) -> None:
-    """The learning rate as a device tensor (graphed) or a float after loading a checkpoint's optimizer state,
-    which replaces the groups' values: the graph reads the tensor in place, and a float would be baked in."""
+def _lr_in_tensors(optimizer) -> None:
+    """--cuda-graph after loading a checkpoint's optimizer state, which replaces the groups' values: the
+    learning rate back in device tensors, which the graph reads in place (a float would be baked in).
+    Resuming across modes is refused (see `train`), so this is the only conversion needed."""
     for group in optimizer.param_groups:
         for key in ("lr", "initial_lr"):
-            value = group.get(key)
-            if value is None:
-                continue
-            if graphed and not isinstance(value, torch.Tensor):
-                group[key] = torch.tensor(float(value), device=group["params"][0].device)
-            elif not graphed and isinstance(value, torch.Tensor):
-                group[key] = float(value)
+            if key in group and not isinstance(group[key], torch.Tensor):
+                group[key] = torch.tensor(float(group[key]), device=group["params"][0].device)
 
 
 def _plain_scheduler_state(scheduler) -> dict:
@@ -219,7 +215,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
     if state is not None:
         ckpt.load_optimizer_state(model, optimizer, state["optimizer"], d.distributed)
         scheduler.load_state_dict(state["scheduler"])
-        _set_lr_kind(optimizer, config.cuda_graph)
+        if config.cuda_graph:
+            _lr_in_tensors(optimizer)
     graph_step = _graph_step(config, model, optimizer, stream, precision, d)  # checks before anything is written
 
     print(description, file=out)
