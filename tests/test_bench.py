@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import padfree.models.layers
-from padfree.bench.gate import ROUNDING_MARGIN, correctness_gate
+from padfree.bench.gate import correctness_gate
 from padfree.bench.shapes import GATE_INIT_STD, shape_config
-from padfree.check import BOUNDS
+from padfree.check import BOUNDS, ROUNDING_MARGIN
 from padfree.cli import main
 
 # Rows of 256 tokens with median-48 samples: several documents per row (the gate needs boundaries)

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from padfree.cli import main
 from padfree.corpus import bundled_path
+from padfree.train.config import BOOLS, load, normalise
 from padfree.train.data import load_training_data, save_cache
 from padfree.train.records import Records, detect_shape, read_records
 from padfree.train.tokenize import tokenize_records
@@ -219,3 +220,12 @@ def test_resume_cannot_switch_cuda_graph(tmp_path, capsys):
     capsys.readouterr()
     err = run_error(capsys, ["--resume", str(out), "--cuda-graph", "--max-steps", "3"])
     assert "was trained without --cuda-graph; resume it the same way" in err
+
+
+def test_bool_settings_are_bools():
+    # --cuda-graph once came through as the string "True" (it missed a hand-kept list of bool settings): the saved
+    # run config then held "True", and resuming that run failed its same-mode check (`True != "True"`).
+    config, _, _ = load({"cuda_graph": True, "max_tokens": 256})
+    assert config.cuda_graph is True
+    assert BOOLS >= {"cuda_graph", "gradient_checkpointing"}
+    assert normalise({name.replace("_", "-"): "false" for name in BOOLS}, "test") == dict.fromkeys(BOOLS, False)

@@ -11,13 +11,17 @@ boundaries changed them by only ~1e-4; at 0.2 that leak shows as ~1e-1.
 The largest per-document RMS-relative error of the logits is compared with a bound:
   fp32       1e-4: the two sides differ only in summation order (typically ~1e-6), while a layer that
              lets documents leak into each other gives errors of order 1e-1.
-  bf16/fp16  2e-2: every matmul and the recurrence round to 8 (bf16) mantissa bits, and the packed
-             and per-document paths use different kernels, so rounding differs by a few ulps per
-             layer; leaking documents still gives ~1e-1.
+  bf16/fp16  2e-2, or 3x the unpatched model's own rounding error where that is larger (the per-document
+             runs in bf16 against an fp32 copy of the same weights): every matmul and the recurrence
+             round to 8 (bf16) mantissa bits, and the two sides use different kernels. At std 0.2 the
+             tiny model's own rounding error is ~6e-2 on an H100 (measured 2026-11-27; the fixed 2e-2
+             bound failed a correct setup there) and ~8e-2 on CPU, while a recurrence that ignores
+             boundaries gives ~5e-1 (measured on CPU: padfree.bench.gate).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import platform
 import sys
@@ -35,6 +39,9 @@ from padfree.tiny import causal_lm_class, tiny_config
 BOUNDS = {torch.float32: (1e-4, "fp32: only summation order differs"),
           torch.bfloat16: (2e-2, "bf16: 8-bit mantissa, different kernels round differently"),
           torch.float16: (2e-2, "fp16: different kernels round differently")}  # fmt: skip
+# Reduced precision: the bound is at least this many times the unpatched model's own rounding error, which covers
+# the reference's rounding plus padfree's (the GPU tests allow padfree 1.5x upstream's).
+ROUNDING_MARGIN = 3.0
 _OPTIONAL = ("triton", "flash-linear-attention", "tilelang", "flash-attn", "peft", "datasets")
 
 
@@ -124,9 +131,7 @@ def packed_vs_per_document(
     `padfree check` and `padfree bench`. With `static_max_docs` (CUDA) the packed row runs as the CUDA-graph
     step runs it: a padfree.static_row.StaticRow of that many document slots, empty documents at its end and
     offsets the ops trust."""
-    vocab = model.config.get_text_config().vocab_size
-    generator = torch.Generator().manual_seed(0)
-    docs = [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
+    docs = documents(model.config.get_text_config().vocab_size, lengths)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # upstream's "falling back to the slow PyTorch kernel" notes are noise here
     try:
@@ -153,6 +158,39 @@ def packed_vs_per_document(
             padfree.unpatch(model)
     pieces = packed.split(lengths)
     return [rms_relative_error(r, p) if torch.isfinite(p).all() else float("inf") for r, p in zip(reference, pieces)]
+
+
+def documents(vocab: int, lengths: list[int]) -> list[torch.Tensor]:
+    """Random token ids of the given lengths (seed 0): the documents of every packed-vs-per-document check."""
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
+
+
+@torch.no_grad()
+def rounding_error(model, lengths: list[int], device: torch.device) -> float:
+    """Max per-document RMS-relative logits error of the unpatched `model` (bf16/fp16) against an fp32 copy of
+    it, on the same documents as packed_vs_per_document. The copy doubles the model's memory for the call."""
+    docs = documents(model.config.get_text_config().vocab_size, lengths)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        low = [model(input_ids=d[None].to(device)).logits[0].float() for d in docs]
+        exact = copy.deepcopy(model).float()
+        high = [exact(input_ids=d[None].to(device)).logits[0] for d in docs]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    del exact
+    return max(rms_relative_error(h, lo) for h, lo in zip(high, low))
+
+
+def error_bound(model, lengths: list[int], device: torch.device, dtype: torch.dtype) -> tuple[float, str, float]:
+    """(bound, why, rounding error): the dtype's bound (BOUNDS), raised to ROUNDING_MARGIN x the unpatched model's
+    own rounding error where that is larger (reduced precision only; fp32's rounding error is reported as 0)."""
+    bound, why = BOUNDS[dtype]
+    rounding = 0.0 if dtype == torch.float32 else rounding_error(model, lengths, device)
+    if ROUNDING_MARGIN * rounding > bound:
+        bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x the unpatched model's own rounding error here"
+    return bound, why, rounding
 
 
 def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto", out: TextIO | None = None) -> int:
@@ -190,11 +228,11 @@ def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto
     print(f"  sequence parallelism: {_sequence_parallel(loaded)}", file=out)
     errors = packed_vs_per_document(loaded, lengths, target)
     worst = max(range(len(errors)), key=lambda i: errors[i])
-    bound, why = BOUNDS[torch_dtype]
+    bound, why, _ = error_bound(loaded, lengths, target, torch_dtype)
     print(
         f"  packed row of documents {lengths} (conv width {conv}) vs each document alone, unpatched:\n"
         f"    max RMS-relative logits error {errors[worst]:.1e} (the {lengths[worst]}-token document); "
-        f"bound {bound:.0e} ({why})",
+        f"bound {bound:.1e} ({why})",
         file=out,
     )
     refusal = _cuda_graph_refusal(loaded, target)

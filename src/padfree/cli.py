@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from padfree.train.config import (
-    ATTENTION_BACKENDS, DEVICES, DTYPES, ELEMENTWISE_BACKENDS, GDN_BACKENDS, LOSS_BACKENDS, TRAIN_DTYPES,
-    OVERLONG_POLICIES, SP_MODES, field_names,
+    ATTENTION_BACKENDS, BOOLS, DEVICES, DTYPES, ELEMENTWISE_BACKENDS, GDN_BACKENDS, LOSS_BACKENDS, TRAIN_DTYPES,
+    FLOATS, INTS, OVERLONG_POLICIES, SP_MODES, field_names,
 )
 
 _HELP = {
@@ -67,10 +67,6 @@ _HELP = {
     "resume": "continue from a checkpoint folder, or from an output dir's newest complete checkpoint",
     "overwrite": "replace a previous run's checkpoints and metrics in --output-dir (demo: on by default)",
 }
-_BOOLS = ("gradient_checkpointing", "compile_elementwise", "cuda_graph", "tensorboard", "overwrite")
-_INTS = ("max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed", "lora_rank",
-         "save_every", "keep_last", "log_every", "sp_degree")  # fmt: skip
-_FLOATS = ("lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha")
 _CHOICES = {"overlong": OVERLONG_POLICIES, "dtype": TRAIN_DTYPES, "device": DEVICES, "backend": GDN_BACKENDS,
             "attention_backend": ATTENTION_BACKENDS, "elementwise_backend": ELEMENTWISE_BACKENDS,
             "loss_backend": LOSS_BACKENDS,
@@ -81,10 +77,10 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or TOML file whose keys are these flag names; flags override it")
     for name in field_names():
         flag = "--" + name.replace("_", "-")
-        if name in _BOOLS:
+        if name in BOOLS:
             parser.add_argument(flag, dest=name, action="store_true", help=_HELP[name])
         else:
-            kind = int if name in _INTS else float if name in _FLOATS else str
+            kind = int if name in INTS else float if name in FLOATS else str
             parser.add_argument(flag, dest=name, type=kind, choices=_CHOICES.get(name), help=_HELP[name])
 
 

@@ -10,10 +10,10 @@ shape, device and dtype:
                      its refusal, or its error, flagged as mixing documents above the same bound. It only
                      labels upstream's numbers; it never stops the bench.
 
-The bound is check's for the dtype (fp32 1e-4, bf16 2e-2), raised to 3x upstream's own rounding error
-where that is larger: the unpatched model in bf16 vs the same weights in fp32, per document. Deep
-shapes need it: at 0.8b, bf16 alone moves the logits by ~5e-2 (measured on CPU), above check's 2e-2.
-3x covers the reference's own rounding plus padfree's (the GPU tests allow padfree 1.5x upstream's).
+The bound is check's (padfree.check.error_bound): the dtype's (fp32 1e-4, bf16 2e-2), raised to 3x
+upstream's own rounding error where that is larger: the unpatched model in bf16 vs the same weights in
+fp32, per document. Deep shapes need it: at 0.8b, bf16 alone moves the logits by ~5e-2 (measured on
+CPU), above the fixed 2e-2.
 Measured on CPU, documents [70, 1, 17, 3, 40]: 0.8b bf16 passes at 4.9e-2 (bound 1.4e-1) while a
 recurrence that ignores boundaries gives 1.4; tiny bf16 8.3e-2 (bound 2.3e-1) vs 4.6e-1.
 """
@@ -27,9 +27,8 @@ import torch
 
 import padfree
 from padfree.bench.train_step import GRAPHED_PATHS, Workload
-from padfree.check import BOUNDS, packed_vs_per_document, rms_relative_error
+from padfree.check import documents, error_bound, packed_vs_per_document, rms_relative_error
 
-ROUNDING_MARGIN = 3.0
 GATE_SPARE_DOCS = 3  # empty documents after the real ones in a graphed path's gate row
 
 
@@ -42,20 +41,6 @@ def gate_lengths(workload: Workload) -> list[int]:
             f"lower --median-len or raise --row-tokens (now {workload.row_tokens})."
         )
     return [len(workload.samples[i]) for i in row]
-
-
-def _documents(vocab: int, lengths: list[int]) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randint(0, vocab, (n,), generator=generator) for n in lengths]
-
-
-@torch.no_grad()
-def _rounding_error(model, docs: list[torch.Tensor], device: torch.device) -> float:
-    """Max per-document RMS-relative logits error of `model` (bf16/fp16) vs an fp32 copy of it."""
-    low = [model(input_ids=d[None].to(device)).logits[0].float() for d in docs]
-    exact = copy.deepcopy(model).float()
-    high = [exact(input_ids=d[None].to(device)).logits[0] for d in docs]
-    return max(rms_relative_error(h, l) for h, l in zip(high, low))
 
 
 @torch.no_grad()
@@ -90,12 +75,9 @@ def correctness_gate(
     with torch.device(device):  # drawn on the device, as padfree.bench.train_step.build_model
         model = Qwen3_5ForCausalLM(gate_config)
     model = model.to(dtype=dtype).eval()
-    docs = _documents(config.vocab_size, lengths)
-    bound, why = BOUNDS[dtype]
+    docs = documents(config.vocab_size, lengths)
     try:
-        rounding = 0.0 if dtype == torch.float32 else _rounding_error(model, docs, device)
-        if ROUNDING_MARGIN * rounding > bound:
-            bound, why = ROUNDING_MARGIN * rounding, f"{ROUNDING_MARGIN:g} x upstream's own rounding error here"
+        bound, why, rounding = error_bound(model, lengths, device, dtype)
         # A graphed path runs its rows as fixed-shape rows (padfree.static_row.StaticRow): gate that form, with
         # spare document slots so the empty padding documents are in the row.
         errors = {path: max(packed_vs_per_document(

@@ -83,10 +83,15 @@ class TrainConfig:
 DEMO_PRESET = dict(lr=3e-3, max_steps=60, warmup_steps=5, log_every=5, save_every=0)
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_FLOATS = {"lr", "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_alpha"}
-_BOOLS = {"gradient_checkpointing", "compile_elementwise", "tensorboard", "overwrite"}
-_INTS = {"max_tokens", "pad_multiple", "grad_accum", "epochs", "max_steps", "warmup_steps", "seed",
-         "lora_rank", "save_every", "keep_last", "log_every", "sp_degree"}  # fmt: skip
+
+
+def _fields_of_type(kind: str) -> frozenset[str]:
+    # From the annotations (strings under `from __future__ import annotations`), so that a new field is coerced by
+    # its type without a hand-kept list: cuda_graph once missed the bool list and a saved `true` came back "True".
+    return frozenset(name for name, f in _FIELDS.items() if str(f.type).removesuffix(" | None") == kind)
+
+
+BOOLS, INTS, FLOATS = _fields_of_type("bool"), _fields_of_type("int"), _fields_of_type("float")
 # Settings that change the loss curve; a resume that changes one no longer matches the original run.
 CURVE_KEYS = ("data", "split", "max_tokens", "overlong", "pad_multiple", "grad_accum", "epochs", "max_steps", "lr",
               "min_lr_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "dtype", "lora_rank",
@@ -102,21 +107,21 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     if value is None:
         return None
     try:
-        if key in _BOOLS:
+        if key in BOOLS:
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
                 return str(value).lower() in ("true", "1", "yes")
             raise ValueError(value)
-        if key in _INTS:
+        if key in INTS:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
-        if key in _FLOATS:
+        if key in FLOATS:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        kind = "true/false" if key in _BOOLS else "an integer" if key in _INTS else "a number"
+        kind = "true/false" if key in BOOLS else "an integer" if key in INTS else "a number"
         raise TrainError(f"{origin}: {key} must be {kind}, got {value!r}.") from None
 
 
