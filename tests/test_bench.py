@@ -10,6 +10,8 @@ import torch
 
 import padfree.models.layers
 from padfree.bench.gate import correctness_gate
+from padfree.bench.train_step import make_workload
+from padfree.packing import pack
 from padfree.bench.shapes import GATE_INIT_STD, shape_config
 from padfree.check import BOUNDS, ROUNDING_MARGIN
 from padfree.cli import main
@@ -182,3 +184,15 @@ def test_default_paths_add_the_graphed_step_where_it_runs(monkeypatch):
     assert default_paths(torch.device("cuda"), warmup=1) == DEFAULT_PATHS  # it needs two warm-up rows
     monkeypatch.setattr(backend, "resolve_backend", lambda name, device, op="gated_delta": "torch")
     assert default_paths(torch.device("cuda"), warmup=2) == DEFAULT_PATHS  # no FLA: no graph
+
+
+def test_workload_leaves_out_the_packings_leftover_row():
+    # At the 0.8b defaults (8,192-token rows, 8 + 3 rows) the packing ends in a leftover row of 219 tokens, which
+    # the shuffle put among the timed rows: every path then paid a full row's time for 3% of its tokens.
+    workload = make_workload(1000, 8192, steps=8, warmup=3, median_len=300.0, seed=0)
+    lengths = [len(s) for s in workload.samples]
+    plan = pack(lengths, 8192, seed=0)
+    leftover = [row for row, real in zip(plan.rows, plan.row_lengths()) if 2 * real < 8192]
+    assert leftover and leftover[0] in plan.rows[:11]  # it would have been timed
+    assert len(workload.rows) == 11 and leftover[0] not in workload.rows
+    assert min(sum(lengths[i] for i in row) for row in workload.rows) >= 8192 // 2

@@ -154,9 +154,9 @@ class CudaGraphTrainStep:
             grads = [p for p in self.params if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm, foreach=True)
         self.optimizer.step()
-        for p in self.params:  # zeroed in place, never freed: the captured backward accumulates into them
-            if p.grad is not None:
-                p.grad.zero_()
+        # Zeroed in place, never freed: the captured backward accumulates into them. One multi-tensor kernel per
+        # dtype instead of one fill per parameter (~300 at 0.8b: the profile's 405 fills took 1.3 ms of 129).
+        torch._foreach_zero_([p.grad for p in self.params if p.grad is not None])
         return norm
 
     # --- running them ---------------------------------------------------------------------------------
