@@ -21,7 +21,7 @@ def reported_error(text: str) -> float:
 def test_check_passes_on_a_tiny_model(capsys):
     assert main(["check", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "transformers" in out and "backends picked by auto: Gated DeltaNet torch, attention sdpa_per_doc, norms and MLPs torch, loss softmax torch" in out
+    assert "transformers" in out and "backends picked by auto: Gated DeltaNet torch (its conv torch), attention sdpa_per_doc, norms and MLPs torch, loss softmax torch" in out
     assert "sequence parallelism: Ulysses at degrees [1, 2, 4], context parallelism at any degree" in out
     assert "CUDA-graph step (padfree.CudaGraphTrainStep, padfree train --cuda-graph): not available here: CUDA graphs " \
            "need a CUDA device" in out

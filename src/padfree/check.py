@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 import padfree
 from padfree.ops import attention
 from padfree.ops._backend import fla_available, fla_unsafe_reason, resolve_backend
+from padfree.ops.conv1d import conv_backend
 from padfree.tiny import causal_lm_class, tiny_config
 
 BOUNDS = {torch.float32: (1e-4, "fp32: only summation order differs"),
@@ -89,7 +90,8 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     # CUDA inputs whenever FLA imports
     elementwise = "fla" if device.type == "cuda" and fla_available() else "torch"
     return (
-        f"Gated DeltaNet {gdn}{why}, attention {attention.resolve_attention_backend('auto', probe)}, "
+        f"Gated DeltaNet {gdn}{why} (its conv {conv_backend('auto', device)}), "
+        f"attention {attention.resolve_attention_backend('auto', probe)}, "
         f"norms and MLPs {elementwise}, loss softmax {elementwise}"
     )
 

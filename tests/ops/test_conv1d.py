@@ -207,7 +207,8 @@ def _bad(**changes):
         (_bad(cu_seqlens_cpu=[0, 3, 8]), "ends at 8"),
         (_bad(initial_state=torch.randn(1, D, W)), r"initial_state must be \[N, D, W\] = \[2, 12, 4\]"),
         (_bad(x=torch.ones(1, 7, D, dtype=torch.long)), "x must be a floating tensor"),
-        (_bad(backend="triton"), "backend='triton' is not one of"),
+        (_bad(backend="triton"), "backend='triton' needs CUDA"),
+        (_bad(backend="cuda"), "backend='cuda' is not one of"),  # FLA's own backend names are not ours
         (_bad(backend="fla"), "backend='fla' needs CUDA"),
     ],
 )

@@ -2,8 +2,10 @@
 
 Legend: B batch, T tokens per row, D channels, W kernel width, N documents (sequences).
 
-Backends: "torch" (vectorised PyTorch, any device, autograd, torch.compile), "fla" (FLA's Triton
-kernel, CUDA), "naive" (one `F.conv1d` per document: the oracle), "auto" (see `resolve_backend`).
+Backends: "torch" (vectorised PyTorch, any device, autograd, torch.compile), "triton" (padfree's own
+Triton kernels, CUDA, no states: `triton_kernels`), "fla" (FLA's Triton kernel, CUDA), "naive" (one
+`F.conv1d` per document: the oracle), "auto" (`conv_backend`: "triton" on CUDA without states, else as
+`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,42 @@ from typing import Sequence
 
 import torch
 
-from padfree.ops._backend import resolve_backend
+from padfree.ops._backend import BACKENDS, resolve_backend
 from padfree.varlen import check_chunk_indices, check_cu_seqlens_tensor, check_offsets
 from padfree.ops.conv1d import naive, torch_backend
 
-__all__ = ["causal_conv1d"]
+__all__ = ["causal_conv1d", "conv_backend"]
 
 ACTIVATIONS = (None, "silu", "swish")
+CONV_BACKENDS = BACKENDS + ("triton",)
+
+
+def _triton_missing() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (it comes with PyTorch's CUDA wheels)"
+    return None
+
+
+def conv_backend(backend: str, device: torch.device, with_states: bool = False) -> str:
+    """The conv's concrete backend. "auto" on CUDA picks padfree's Triton kernels ("triton") when no state goes in
+    or out: they ran the 0.8b conv forward + backward several times faster than FLA's (docs/benchmarks.md). With
+    states, and elsewhere, "auto" resolves as the Gated DeltaNet ops do (resolve_backend)."""
+    if backend not in CONV_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {CONV_BACKENDS}; pass one of those.")
+    if backend == "triton":
+        if device.type != "cuda":
+            raise ValueError(f"backend='triton' needs CUDA tensors, got device {device}; use backend='torch' on CPU.")
+        if with_states:
+            raise ValueError("backend='triton' does not take initial_state or output_final_state; use backend='fla'.")
+        missing = _triton_missing()
+        if missing is not None:
+            raise ValueError(f"backend='triton' needs Triton: {missing}.")
+        return "triton"
+    if backend == "auto" and device.type == "cuda" and not with_states and _triton_missing() is None:
+        return "triton"
+    return resolve_backend(backend, device, op="conv1d")
 
 
 def causal_conv1d(
@@ -55,10 +86,13 @@ def causal_conv1d(
         cu_seqlens: [N + 1] integer offsets on x's device, 0 = cu[0] < cu[1] < ... < cu[N] = T.
         cu_seqlens_cpu: the same offsets on the host (CPU tensor or ints), e.g.
             `PackedBatch.cu_seqlens_host`. Lets the checks and FLA run without a device sync.
-        chunk_indices: FLA's [NT, 2] table of (document, 64-token chunk) for cu_seqlens; backend
-            "fla" only. Given without cu_seqlens_cpu, the offsets are trusted and never read on the
-            host, and empty documents may end the row (padfree.cuda_graph; see chunk_gated_delta_rule).
-        backend: "auto", "torch", "fla" (CUDA + flash-linear-attention) or "naive".
+        chunk_indices: FLA's [NT, 2] table of (document, 64-token chunk) for cu_seqlens; backends
+            "fla" and "triton" (which finds the boundaries from cu_seqlens on the device and only
+            checks the table's shape). Given without cu_seqlens_cpu, the offsets are trusted and never
+            read on the host, and empty documents may end the row (padfree.cuda_graph; see
+            chunk_gated_delta_rule).
+        backend: "auto", "torch", "triton" (CUDA, no states), "fla" (CUDA + flash-linear-attention) or
+            "naive". "auto" is "triton" on CUDA without states (see `conv_backend`).
 
     Dtypes: weight, bias and initial_state may have another floating dtype than x (Qwen3.5 runs
     fp32 or bf16 weights). The sum is accumulated in fp32 (fp64 if any input is fp64) as FLA's
@@ -79,9 +113,9 @@ def causal_conv1d(
         >>> y.shape
         torch.Size([1, 7, 6])
     """
-    kind = resolve_backend(backend, x.device, op="conv1d")
+    kind = conv_backend(backend, x.device, with_states=initial_state is not None or output_final_state)
     if chunk_indices is not None:
-        check_chunk_indices(chunk_indices, cu_seqlens, kind)
+        check_chunk_indices(chunk_indices, cu_seqlens, "fla" if kind == "triton" else kind)
     trusted = chunk_indices is not None and cu_seqlens_cpu is None
     host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu, trusted)
     if kind == "torch":
@@ -90,6 +124,10 @@ def causal_conv1d(
         )
     elif kind == "naive":
         y, final = naive.causal_conv1d(x, weight, bias, activation, initial_state, output_final_state, cu_seqlens)
+    elif kind == "triton":
+        from padfree.ops.conv1d import triton_kernels
+
+        y, final = triton_kernels.causal_conv1d(x, weight, bias, activation, cu_seqlens), None
     elif kind == "fla":
         from padfree.ops.conv1d import fla_backend
 
@@ -97,7 +135,7 @@ def causal_conv1d(
             x, weight, bias, activation, initial_state, output_final_state, cu_seqlens, host_offsets, chunk_indices
         )
     else:
-        raise ValueError(f"backend {kind!r} has no conv1d implementation; use 'torch', 'fla' or 'naive'.")
+        raise ValueError(f"backend {kind!r} has no conv1d implementation; use one of {CONV_BACKENDS}.")
     return (y, final) if output_final_state else y
 
 

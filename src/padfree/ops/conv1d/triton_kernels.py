@@ -1,0 +1,176 @@
+"""padfree's own Triton kernels for the varlen causal depthwise conv1d (CUDA): a forward and a fused backward.
+
+Why written here rather than taken from FLA: FLA 0.6's backward (`causal_conv1d_bwd_kernel`) took 439 us per
+Qwen3.5-0.8B layer on an H100 (8,192 tokens x 6,144 channels, bf16), 5x its forward, after a second forward
+that recomputes the pre-activation: 11 ms of a 129 ms training step (benchmarks/profile_train_step.py
+--cuda-graph, 2026-11-27). The backward here recomputes the pre-activation in registers and reads x and dy and
+writes dx once each, as a memory-bound kernel should.
+
+Document boundaries: each token's document start, and the next document's start, are found from cu_seqlens
+inside the kernels (a scan of the offsets in blocks of BN), so they need neither FLA's chunk table nor a host
+copy of the offsets. They run unchanged under a CUDA graph whose offsets change between replays, and empty
+documents (repeated offsets, as a fixed-shape row ends) select nothing.
+
+Covered: weight [D, W], optional bias, activation None or silu, no initial or final state (those stay with
+FLA's kernel). Accumulation in fp32; y and dx in x's dtype, dweight and dbias in the parameters' dtypes. The
+weight gradient is summed per 64-token tile in the kernel, then over tiles by torch: deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+TILE_T = 64  # tokens per program; fixed (not tuned) so the per-tile weight-gradient buffer has a known size
+_OFFSETS_BLOCK = 128  # offsets scanned per step of _document_bounds
+_INT32_MAX: tl.constexpr = tl.constexpr(2**31 - 1)
+
+
+@triton.jit
+def _document_bounds(cu_seqlens, num_offsets, o_t, BT: tl.constexpr, BN: tl.constexpr):
+    """(start, end) of the document holding each token of o_t: the largest offset <= t and the smallest > t."""
+    start = tl.zeros([BT], dtype=tl.int32)
+    end = tl.full([BT], _INT32_MAX, dtype=tl.int32)
+    for i in range(0, num_offsets, BN):
+        o_n = i + tl.arange(0, BN)
+        cu = tl.load(cu_seqlens + o_n, mask=o_n < num_offsets, other=-1).to(tl.int32)  # -1: never > t
+        start = tl.maximum(start, tl.max(tl.where(cu[None, :] <= o_t[:, None], cu[None, :], 0), axis=1))
+        end = tl.minimum(end, tl.min(tl.where(cu[None, :] > o_t[:, None], cu[None, :], _INT32_MAX), axis=1))
+    return start, end
+
+
+def _configs():
+    return [triton.Config({"BD": bd}, num_warps=warps) for bd in (64, 128) for warps in (4, 8)]
+
+
+@triton.jit
+def _forward_kernel(
+    x, weight, bias, cu_seqlens, y, T, D, num_offsets,
+    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+):  # fmt: skip
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < T, o_d < D
+    start, _ = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
+    acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for s in tl.static_range(W):  # x[t - s] meets weight column W - 1 - s
+        src = o_t - s
+        m = (m_t & (src >= start))[:, None] & m_d[None, :]
+        x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+        w_s = tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
+        acc += x_s * w_s[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    p_y = y + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
+    tl.store(p_y, acc.to(y.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+
+
+@triton.jit
+def _backward_kernel(
+    x, weight, bias, cu_seqlens, dy, dx, dw_tiles, db_tiles, T, D, num_offsets,
+    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+):  # fmt: skip
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < T, o_d < D
+    start, end = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
+    p_x = x + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
+    x_t = tl.load(p_x, mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+    dx_acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for s in tl.static_range(W):  # output t + s reads x[t] through weight column W - 1 - s
+        out = o_t + s
+        ok = m_t & (out < end)  # the same document (end <= T)
+        m_out = ok[:, None] & m_d[None, :]
+        dz = tl.load(dy + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m_out, other=0.0).to(tl.float32)
+        if SILU:  # the pre-activation at `out`, recomputed: x[out - j] through column W - 1 - j
+            z = tl.zeros([BT, BD], dtype=tl.float32)
+            if HAS_BIAS:
+                z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+            for j in tl.static_range(W):
+                src = out - j
+                m = (ok & (src >= start))[:, None] & m_d[None, :]
+                x_j = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+                z += x_j * tl.load(weight + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)[None, :]
+            sig = tl.sigmoid(z)
+            dz = dz * sig * (1.0 + z * (1.0 - sig))
+        w_s = tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
+        dx_acc += dz * w_s[None, :]
+        tl.store(dw_tiles + i_t * D * W + o_d * W + (W - 1 - s), tl.sum(dz * x_t, axis=0), mask=m_d)
+        if HAS_BIAS and s == 0:
+            tl.store(db_tiles + i_t * D + o_d, tl.sum(dz, axis=0), mask=m_d)
+    p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
+    tl.store(p_dx, dx_acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+
+
+def _tuned(kernel):
+    return triton.autotune(configs=_configs(), key=["D", "W", "HAS_BIAS", "SILU"])(kernel)
+
+
+# Triton's interpreter (TRITON_INTERPRET=1, how these kernels were first debugged on a CPU) has no autotuner
+# driver: there the kernels run with one fixed configuration.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_forward, _backward = (_forward_kernel, _backward_kernel) if _INTERPRETED else map(_tuned, (_forward_kernel,
+                                                                                          _backward_kernel))
+_FIXED = {"BD": 64} if _INTERPRETED else {}
+
+
+def _grid(T: int, D: int):
+    return lambda meta: (triton.cdiv(T, TILE_T), triton.cdiv(D, meta["BD"]))
+
+
+class _VarlenCausalConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_LD, weight, bias, cu_seqlens, silu: bool):
+        L, D = x_LD.shape
+        y_LD = torch.empty_like(x_LD)
+        _forward[_grid(L, D)](
+            x_LD, weight, bias, cu_seqlens, y_LD, L, D, cu_seqlens.numel(), W=weight.shape[1], BT=TILE_T,
+            BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, **_FIXED,
+        )  # fmt: skip
+        ctx.save_for_backward(x_LD, weight, bias, cu_seqlens)
+        ctx.silu = silu
+        return y_LD
+
+    @staticmethod
+    def backward(ctx, dy_LD):
+        x_LD, weight, bias, cu_seqlens = ctx.saved_tensors
+        L, D = x_LD.shape
+        W = weight.shape[1]
+        tiles = triton.cdiv(L, TILE_T)
+        dx_LD = torch.empty_like(x_LD)
+        dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
+        db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
+        _backward[_grid(L, D)](
+            x_LD, weight, bias, cu_seqlens, dy_LD.contiguous(), dx_LD, dw_tiles, db_tiles, L, D, cu_seqlens.numel(),
+            W=W, BT=TILE_T, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=ctx.silu, **_FIXED,
+        )  # fmt: skip
+        dweight = dw_tiles.sum(0).to(weight.dtype)
+        dbias = db_tiles.sum(0).to(bias.dtype) if bias is not None else None
+        return dx_LD, dweight, dbias, None, None
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    cu_seqlens: torch.Tensor | None,
+) -> torch.Tensor:
+    """y [B, T, D] of padfree.ops.conv1d.causal_conv1d without states; inputs already checked there."""
+    B, T, D = x.shape
+    if cu_seqlens is None:  # every batch row is one document of the flattened [B*T, D]
+        cu_seqlens = torch.arange(0, B * T + 1, T, device=x.device, dtype=torch.int32)
+    y_LD = _VarlenCausalConv1d.apply(
+        x.reshape(B * T, D).contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+        cu_seqlens.contiguous(), activation is not None,
+    )  # fmt: skip
+    return y_LD.view(B, T, D)
