@@ -7,8 +7,9 @@ Shapes: 8,192 tokens; channels of the 0.8b shape (6,144 = 2 x 16 x 128 + 16 x 12
 (8,192 = 2 x 16 x 128 + 32 x 128); width 4, bias-free as Qwen3.5's conv, silu; bf16 activations, fp32
 weights (bf16-mixed) and bf16 weights (the bench's bf16 model). The row's documents are the bench's row with
 the most documents (padfree.bench.train_step.make_workload). Each backend's output and gradients are first
-compared with the naive oracle in fp32 (RMS-relative errors printed), then timed: median of 7 runs of 20
-forward + backward calls, CUDA events.
+compared with the naive oracle in fp32 (RMS-relative errors printed), then timed: GPU kernel time per
+forward + backward (torch.profiler, mean of 10, with the top kernels), and wall time (median of 7 runs of 20
+calls, CUDA events), which on this host includes launch cost.
 """
 
 from __future__ import annotations
@@ -39,7 +40,19 @@ def _run(backend, x, w, cu, host, dy):
     return y, x.grad, w.grad
 
 
+def _kernels(backend, x, w, cu, host, dy) -> tuple[float, dict[str, float]]:
+    """GPU kernel time of one forward + backward (ms, mean of 10 under torch.profiler) and per kernel name."""
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(10):
+            _run(backend, x, w, cu, host, dy)
+        torch.cuda.synchronize()
+    per_kernel = {e.key[:60]: e.self_device_time_total / 10 / 1e3 for e in prof.key_averages() if e.self_device_time_total}
+    return sum(per_kernel.values()), per_kernel
+
+
 def _time(backend, x, w, cu, host, dy) -> float:
+    """Wall time of one forward + backward (ms, CUDA events; includes the host's launch cost where it shows)."""
     for _ in range(3):
         _run(backend, x, w, cu, host, dy)
     times = []
@@ -77,11 +90,15 @@ def main() -> None:
                 outs = _run(backend, x, w, cu, host, dy)
                 errors = {n: rms_relative_error(r, o.float()) for n, r, o in zip(("y", "dx", "dw"), reference, outs)}
                 ms = _time(backend, x, w, cu, host, dy)
+                kernel_ms, per_kernel = _kernels(backend, x, w, cu, host, dy)
                 row = {"channels": channels, "weight_dtype": str(weight_dtype), "backend": backend,
-                       "fwd_bwd_ms": ms, "errors_vs_fp32_oracle": errors}  # fmt: skip
+                       "fwd_bwd_wall_ms": ms, "fwd_bwd_kernel_ms": kernel_ms, "kernels_ms": per_kernel,
+                       "errors_vs_fp32_oracle": errors}  # fmt: skip
                 results.append(row)
-                print(f"  D={channels} weights {str(weight_dtype)[6:]:8s} {backend:6s} {ms:7.3f} ms fwd+bwd   "
-                      + "  ".join(f"{n} err {e:.1e}" for n, e in errors.items()))  # fmt: skip
+                print(f"  D={channels} weights {str(weight_dtype)[6:]:8s} {backend:6s} kernels {kernel_ms:6.3f} ms, "
+                      f"wall {ms:6.3f} ms fwd+bwd   " + "  ".join(f"{n} err {e:.1e}" for n, e in errors.items()))
+                for name, t in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:4]:
+                    print(f"      {t:6.3f} ms  {name}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"lengths": lengths, "results": results}, f, indent=1)

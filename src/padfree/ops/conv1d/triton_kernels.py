@@ -2,9 +2,11 @@
 
 Why written here rather than taken from FLA: FLA 0.6's backward (`causal_conv1d_bwd_kernel`) took 439 us per
 Qwen3.5-0.8B layer on an H100 (8,192 tokens x 6,144 channels, bf16), 5x its forward, after a second forward
-that recomputes the pre-activation: 11 ms of a 129 ms training step (benchmarks/profile_train_step.py
---cuda-graph, 2026-11-27). The backward here recomputes the pre-activation in registers and reads x and dy and
-writes dx once each, as a memory-bound kernel should.
+that recomputes the pre-activation into a new [T, D] tensor: 11 ms of a 129 ms training step
+(benchmarks/profile_train_step.py --cuda-graph, 2026-11-27). The backward here is two memory-bound passes:
+dz = dy * act'(z) with z recomputed in registers (plus the weight's gradient per tile), then dx from dz.
+A first version fused both into one kernel that recomputed z at each of the W shifts (W x W loads per tile
+and four live fp32 tiles); in the 0.8b training step it ran no faster than FLA's.
 
 Document boundaries: each token's document start, and the next document's start, are found from cu_seqlens
 inside the kernels (a scan of the offsets in blocks of BN), so they need neither FLA's chunk table nor a host
@@ -43,7 +45,7 @@ def _document_bounds(cu_seqlens, num_offsets, o_t, BT: tl.constexpr, BN: tl.cons
 
 
 def _configs():
-    return [triton.Config({"BD": bd}, num_warps=warps) for bd in (64, 128) for warps in (4, 8)]
+    return [triton.Config({"BD": bd}, num_warps=warps) for bd, warps in ((32, 4), (64, 4), (128, 4), (128, 8))]
 
 
 @triton.jit
@@ -73,53 +75,76 @@ def _forward_kernel(
 
 
 @triton.jit
-def _backward_kernel(
-    x, weight, bias, cu_seqlens, dy, dx, dw_tiles, db_tiles, T, D, num_offsets,
+def _backward_dz_kernel(
+    x, weight, bias, cu_seqlens, dy, dz, dw_tiles, db_tiles, T, D, num_offsets,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
 ):  # fmt: skip
+    """dz = dy * act'(z) at each token (z recomputed), and per tile the weight's and bias's gradients:
+    dweight[:, W - 1 - s] = sum_t dz[t] * x[t - s] over t whose tap s stays in its document."""
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m_t, m_d = o_t < T, o_d < D
-    start, end = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
-    p_x = x + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
-    x_t = tl.load(p_x, mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)
-    dx_acc = tl.zeros([BT, BD], dtype=tl.float32)
-    for s in tl.static_range(W):  # output t + s reads x[t] through weight column W - 1 - s
+    m_td = m_t[:, None] & m_d[None, :]
+    start, _ = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
+    p_td = o_t.to(tl.int64)[:, None] * D + o_d[None, :]
+    g = tl.load(dy + p_td, mask=m_td, other=0.0).to(tl.float32)
+    if SILU:
+        z = tl.zeros([BT, BD], dtype=tl.float32)
+        if HAS_BIAS:
+            z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        for s in tl.static_range(W):
+            src = o_t - s
+            m = (m_t & (src >= start))[:, None] & m_d[None, :]
+            x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+            z += x_s * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
+        sig = tl.sigmoid(z)
+        g = g * sig * (1.0 + z * (1.0 - sig))
+    tl.store(dz + p_td, g, mask=m_td)
+    for s in tl.static_range(W):  # the shifted x tiles again: from L1/L2, not kept live across the loop
+        src = o_t - s
+        m = (m_t & (src >= start))[:, None] & m_d[None, :]
+        x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(dw_tiles + i_t * D * W + o_d * W + (W - 1 - s), tl.sum(g * x_s, axis=0), mask=m_d)
+    if HAS_BIAS:
+        tl.store(db_tiles + i_t * D + o_d, tl.sum(g, axis=0), mask=m_d)
+
+
+@triton.jit
+def _backward_dx_kernel(
+    weight, cu_seqlens, dz, dx, T, D, num_offsets,
+    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """dx[t] = sum_s weight[:, W - 1 - s] * dz[t + s] over the outputs t + s of t's document."""
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < T, o_d < D
+    _, end = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
+    acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for s in tl.static_range(W):
         out = o_t + s
-        ok = m_t & (out < end)  # the same document (end <= T)
-        m_out = ok[:, None] & m_d[None, :]
-        dz = tl.load(dy + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m_out, other=0.0).to(tl.float32)
-        if SILU:  # the pre-activation at `out`, recomputed: x[out - j] through column W - 1 - j
-            z = tl.zeros([BT, BD], dtype=tl.float32)
-            if HAS_BIAS:
-                z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-            for j in tl.static_range(W):
-                src = out - j
-                m = (ok & (src >= start))[:, None] & m_d[None, :]
-                x_j = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
-                z += x_j * tl.load(weight + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)[None, :]
-            sig = tl.sigmoid(z)
-            dz = dz * sig * (1.0 + z * (1.0 - sig))
-        w_s = tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
-        dx_acc += dz * w_s[None, :]
-        tl.store(dw_tiles + i_t * D * W + o_d * W + (W - 1 - s), tl.sum(dz * x_t, axis=0), mask=m_d)
-        if HAS_BIAS and s == 0:
-            tl.store(db_tiles + i_t * D + o_d, tl.sum(dz, axis=0), mask=m_d)
+        m = (m_t & (out < end))[:, None] & m_d[None, :]  # end <= T
+        g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
+        acc += g * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
     p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
-    tl.store(p_dx, dx_acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+    tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
-def _tuned(kernel):
-    return triton.autotune(configs=_configs(), key=["D", "W", "HAS_BIAS", "SILU"])(kernel)
+def _tuned(kernel, key):
+    return triton.autotune(configs=_configs(), key=key)(kernel)
 
 
 # Triton's interpreter (TRITON_INTERPRET=1, how these kernels were first debugged on a CPU) has no autotuner
 # driver: there the kernels run with one fixed configuration.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-_forward, _backward = (_forward_kernel, _backward_kernel) if _INTERPRETED else map(_tuned, (_forward_kernel,
-                                                                                          _backward_kernel))
+if _INTERPRETED:
+    _forward, _backward_dz, _backward_dx = _forward_kernel, _backward_dz_kernel, _backward_dx_kernel
+else:
+    _forward = _tuned(_forward_kernel, ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dz = _tuned(_backward_dz_kernel, ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dx = _tuned(_backward_dx_kernel, ["D", "W"])
 _FIXED = {"BD": 64} if _INTERPRETED else {}
 
 
@@ -146,12 +171,16 @@ class _VarlenCausalConv1d(torch.autograd.Function):
         L, D = x_LD.shape
         W = weight.shape[1]
         tiles = triton.cdiv(L, TILE_T)
-        dx_LD = torch.empty_like(x_LD)
+        dz_LD = torch.empty(L, D, device=x_LD.device, dtype=torch.float32)  # fp32: dx sums W of them
         dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
         db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
-        _backward[_grid(L, D)](
-            x_LD, weight, bias, cu_seqlens, dy_LD.contiguous(), dx_LD, dw_tiles, db_tiles, L, D, cu_seqlens.numel(),
+        _backward_dz[_grid(L, D)](
+            x_LD, weight, bias, cu_seqlens, dy_LD.contiguous(), dz_LD, dw_tiles, db_tiles, L, D, cu_seqlens.numel(),
             W=W, BT=TILE_T, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=ctx.silu, **_FIXED,
+        )  # fmt: skip
+        dx_LD = torch.empty_like(x_LD)
+        _backward_dx[_grid(L, D)](
+            weight, cu_seqlens, dz_LD, dx_LD, L, D, cu_seqlens.numel(), W=W, BT=TILE_T, BN=_OFFSETS_BLOCK, **_FIXED
         )  # fmt: skip
         dweight = dw_tiles.sum(0).to(weight.dtype)
         dbias = db_tiles.sum(0).to(bias.dtype) if bias is not None else None
