@@ -14,9 +14,8 @@ copy of the offsets. They run unchanged under a CUDA graph whose offsets change 
 documents (repeated offsets, as a fixed-shape row ends) select nothing.
 
 Covered: weight [D, W], optional bias, activation None or silu, no initial or final state (those stay with
-FLA's kernel). Accumulation in fp32; y and dx in x's dtype, dweight and dbias in the parameters' dtypes; dz
-(between the two backward passes) in x's dtype. The weight gradient is summed per 64-token tile in the
-kernel from the fp32 dz, then over tiles by torch: deterministic.
+FLA's kernel). Accumulation in fp32; y and dx in x's dtype, dweight and dbias in the parameters' dtypes. The
+weight gradient is summed per 64-token tile in the kernel, then over tiles by torch: deterministic.
 """
 
 from __future__ import annotations
@@ -102,7 +101,7 @@ def _backward_dz_kernel(
             z += x_s * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
         sig = tl.sigmoid(z)
         g = g * sig * (1.0 + z * (1.0 - sig))
-    tl.store(dz + p_td, g.to(dz.dtype.element_ty), mask=m_td)
+    tl.store(dz + p_td, g, mask=m_td)
     for s in tl.static_range(W):  # the shifted x tiles again: from L1/L2, not kept live across the loop
         src = o_t - s
         m = (m_t & (src >= start))[:, None] & m_d[None, :]
@@ -127,7 +126,7 @@ def _backward_dx_kernel(
     for s in tl.static_range(W):
         out = o_t + s
         m = (m_t & (out < end))[:, None] & m_d[None, :]  # end <= T
-        g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+        g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
         acc += g * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
     p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
     tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
@@ -172,9 +171,7 @@ class _VarlenCausalConv1d(torch.autograd.Function):
         L, D = x_LD.shape
         W = weight.shape[1]
         tiles = triton.cdiv(L, TILE_T)
-        # dz in x's dtype: in bf16 it halves the traffic between the two passes (the dz pass took 356 us of the
-        # 0.8b step's conv with fp32 dz, at a third of the H100's bandwidth) for one more rounding of dx's terms
-        dz_LD = torch.empty_like(x_LD)
+        dz_LD = torch.empty(L, D, device=x_LD.device, dtype=torch.float32)  # fp32: dx sums W of them
         dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
         db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
         _backward_dz[_grid(L, D)](
