@@ -14,9 +14,9 @@ The largest per-document RMS-relative error of the logits is compared with a bou
   bf16/fp16  2e-2, or 3x the unpatched model's own rounding error where that is larger (the per-document
              runs in bf16 against an fp32 copy of the same weights): every matmul and the recurrence
              round to 8 (bf16) mantissa bits, and the two sides use different kernels. At std 0.2 the
-             tiny model's own rounding error is ~6e-2 on an H100 (measured 2026-11-27; the fixed 2e-2
-             bound failed a correct setup there) and ~8e-2 on CPU, while a recurrence that ignores
-             boundaries gives ~5e-1 (measured on CPU: padfree.bench.gate).
+             tiny model's own rounding error is ~4e-2 on an H100 and ~5e-2 on CPU, its packed row's
+             error 6.4e-2 and 5.1e-2 (measured 2026-11-27: the fixed 2e-2 failed a correct setup on the
+             H100), while a recurrence that ignores boundaries gives ~5e-1 (CPU: padfree.bench.gate).
 """
 
 from __future__ import annotations

@@ -263,3 +263,13 @@ def test_fla_backend_matches_torch_backend(dtype, with_state, strided):
     _compare(names, ref, fla, bound, why)
     if with_state:
         assert_close("final_state", final_ref, final_fla, 0.0, "a copy of inputs: exact.")
+
+
+def test_auto_conv_backend_on_cpu_is_torch_and_triton_is_refused_there():
+    from padfree.ops.conv1d import conv_backend
+
+    cpu = torch.device("cpu")
+    assert conv_backend("auto", cpu) == "torch"
+    assert conv_backend("auto", cpu, with_states=True) == "torch"
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        conv_backend("triton", cpu)
