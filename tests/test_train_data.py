@@ -229,3 +229,18 @@ def test_bool_settings_are_bools():
     assert config.cuda_graph is True
     assert BOOLS >= {"cuda_graph", "gradient_checkpointing"}
     assert normalise({name.replace("_", "-"): "false" for name in BOOLS}, "test") == dict.fromkeys(BOOLS, False)
+
+
+@pytest.mark.parametrize("saved_value, flags, message", [
+    ("True", [], "--cuda-graph: CUDA graphs need a CUDA device"),  # inherited as True: refused for the device
+    ("False", ["--cuda-graph"], "was trained without --cuda-graph"),  # a mode switch, refused as such
+])
+def test_resume_reads_a_cuda_graph_saved_as_a_string(tmp_path, capsys, saved_value, flags, message):
+    # Runs saved before cuda_graph was coerced hold it as the string "True" or "False"; both resume as the bool.
+    out = tmp_path / "run"
+    assert main(["train", "--max-tokens", "256", "--max-steps", "2", "--save-every", "1", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    saved_path = out / "checkpoint-2" / "train_config.json"
+    saved_path.write_text(json.dumps({**json.loads(saved_path.read_text()), "cuda_graph": saved_value}))
+    err = run_error(capsys, ["--resume", str(out), "--max-steps", "3", *flags])
+    assert message in err, err

@@ -87,7 +87,8 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _fields_of_type(kind: str) -> frozenset[str]:
     # From the annotations (strings under `from __future__ import annotations`), so that a new field is coerced by
-    # its type without a hand-kept list: cuda_graph once missed the bool list and a saved `true` came back "True".
+    # its type without a hand-kept list: cuda_graph once missed the bool list, and `--cuda-graph` was stored as the
+    # string "True" (a resume then failed its same-mode check).
     return frozenset(name for name, f in _FIELDS.items() if str(f.type).removesuffix(" | None") == kind)
 
 
@@ -123,6 +124,12 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     except (TypeError, ValueError):
         kind = "true/false" if key in BOOLS else "an integer" if key in INTS else "a number"
         raise TrainError(f"{origin}: {key} must be {kind}, got {value!r}.") from None
+
+
+def saved_setting(saved: dict[str, Any], key: str) -> Any:
+    """A resumed run's saved setting (its default if absent), coerced as a flag is: runs saved before cuda_graph was
+    coerced hold it as the string "True" or "False"."""
+    return _coerce(key, saved.get(key, _FIELDS[key].default), "the resumed run's settings")
 
 
 def normalise(settings: dict[str, Any], origin: str) -> dict[str, Any]:
@@ -184,7 +191,9 @@ def resolve(
     flags: dict[str, Any], file_settings: dict[str, Any], saved: dict[str, Any] | None, default_output_dir=None
 ) -> TrainConfig:
     """Combine the sources (see the module docstring) and validate the result."""
-    inherited = {k: v for k, v in (saved or {}).items() if k in _FIELDS and k not in NOT_INHERITED}
+    # Coerced like flags: runs saved before cuda_graph was coerced hold it as the string "True" (or "False").
+    inherited = {k: _coerce(k, v, "the resumed run's settings") for k, v in (saved or {}).items()
+                 if k in _FIELDS and k not in NOT_INHERITED}  # fmt: skip
     chosen = {**inherited, **file_settings, **flags}
     preset = dict(DEMO_PRESET) if chosen.get("model") is None else {}
     if "epochs" in chosen:

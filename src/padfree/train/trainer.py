@@ -40,7 +40,7 @@ from padfree.corpus import bundled_path
 from padfree.loss import count_trained_tokens
 from padfree.train import checkpoint as ckpt
 from padfree.train import distributed
-from padfree.train.config import TrainConfig, changed_curve_settings, dumps
+from padfree.train.config import TrainConfig, changed_curve_settings, dumps, saved_setting
 from padfree.train.data import load_training_data, save_cache
 from padfree.train.distributed import Dist
 from padfree.train.errors import TrainError
@@ -158,10 +158,10 @@ def train(
             f"{output_dir} already holds a run ({', '.join(existing[:3])}); pass --resume {output_dir} to continue "
             "it, --overwrite to replace it, or another --output-dir."
         )
-    if saved is not None and bool(saved.get("cuda_graph", False)) != config.cuda_graph:
+    if saved is not None and saved_setting(saved, "cuda_graph") != config.cuda_graph:
         # The two modes build different AdamW kernels (fused and capturable, or foreach), and the optimizer state
         # carries that choice; switching on resume is not supported.
-        was = "with" if saved.get("cuda_graph") else "without"
+        was = "with" if saved_setting(saved, "cuda_graph") else "without"
         raise TrainError(
             f"{resume_from} was trained {was} --cuda-graph; resume it the same way (the setting changes the "
             "optimizer's kernel, whose state the checkpoint holds), or start a new run."
