@@ -59,6 +59,10 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
     parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")
+    parser.add_argument("--shapes", action="store_true",
+                        help="also the ops with the most kernel time (CPU: host time) by input shapes, which tell the "
+                             "small aten kernels apart (eager steps only: a replayed CUDA graph has no ops); with "
+                             "--trace the trace also gets each op's Python call stack")
     parser.add_argument("--python-profile", help="also run 3 steps under cProfile and write the Python functions "
                         "taking the host's time (by own time and by cumulative time) to this file")
     args = parser.parse_args()
@@ -126,7 +130,7 @@ def main():
         python_profile(step, device, args.python_profile)
     syncs = sync_sources(step) if cuda else collections.Counter()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=args.shapes, with_stack=args.shapes and bool(args.trace)) as prof:
         step()
         synchronize(device)
     events = prof.key_averages()
@@ -148,6 +152,9 @@ def main():
     ]
     if cuda:  # where the host's time goes when the GPU waits for it (GPU busy well below 100%)
         lines += ["host time by op (self CPU):", events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)]
+    if args.shapes:
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        lines += ["ops by input shapes (--shapes):", by_shape.table(sort_by=sort_by, row_limit=40, max_name_column_width=50)]
     text = "\n".join(lines)
     rank = 0 if sp is None else dist.get_rank()
     if rank == 0:
