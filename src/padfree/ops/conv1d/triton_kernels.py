@@ -1,4 +1,4 @@
-"""padfree's own Triton kernels for the varlen causal depthwise conv1d (CUDA): a forward and a fused backward.
+"""padfree's own Triton kernels for the varlen causal depthwise conv1d (CUDA): a forward and a two-pass backward.
 
 Why written here rather than taken from FLA: FLA 0.6's backward (`causal_conv1d_bwd_kernel`) took 439 us per
 Qwen3.5-0.8B layer on an H100 (8,192 tokens x 6,144 channels, bf16), 5x its forward, after a second forward
