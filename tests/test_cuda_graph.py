@@ -99,10 +99,10 @@ def test_ops_refuse_chunk_indices_off_fla_and_trusted_attention_off_flash():
     cu = torch.tensor([0, 3, 7, 7], dtype=torch.int32)
     table = torch.tensor([[0, 0], [1, 0], [2, 0]], dtype=torch.int32)
     x = torch.randn(1, 7, 4)
-    with pytest.raises(ValueError, match="only backend 'fla' uses it"):
+    with pytest.raises(ValueError, match=r"taken by backends \('fla', 'triton'\), but the backend here is 'torch'"):
         causal_conv1d(x, torch.randn(4, 3), cu_seqlens=cu, chunk_indices=table, backend="torch")
     q = k = torch.randn(1, 7, 2, 8)
-    with pytest.raises(ValueError, match="only backend 'fla' uses it"):
+    with pytest.raises(ValueError, match=r"taken by backends \('fla', 'triton'\), but the backend here is 'torch'"):
         chunk_gated_delta_rule(q, k, torch.randn(1, 7, 2, 8), -torch.rand(1, 7, 2), torch.rand(1, 7, 2),
                                cu_seqlens=cu, chunk_indices=table, backend="torch")  # fmt: skip
     with pytest.raises(ValueError, match="trust_offsets=True needs a flash backend"):

@@ -105,15 +105,20 @@ def document_positions(cu_seqlens: torch.Tensor, total_len: int) -> torch.Tensor
     return torch.arange(total_len, device=offsets.device) - starts
 
 
+TABLE_BACKENDS = ("fla", "triton")  # the backends that take chunk_indices (check_chunk_indices)
+
+
 def check_chunk_indices(chunk_indices: torch.Tensor, cu_seqlens: torch.Tensor | None, backend: str) -> None:
     """The shape checks of FLA's precomputed `chunk_indices` (its values are trusted, never read).
 
-    Only FLA's kernels take the table; padfree's other backends read the offsets on the host.
+    FLA's kernels read the table. padfree's Triton conv (backend "triton") accepts it and finds the boundaries
+    from cu_seqlens on the device instead; with either, the offsets then stay on the device. The other backends
+    read the offsets on the host, so a fixed-shape row (padfree.static_row) cannot run on them.
     """
-    if backend != "fla":
+    if backend not in TABLE_BACKENDS:
         raise ValueError(
-            f"chunk_indices is FLA's precomputed chunk table and only backend 'fla' uses it, but the backend here is "
-            f"{backend!r}; drop chunk_indices (the {backend} backend reads the offsets itself) or use backend='fla'."
+            f"chunk_indices is FLA's precomputed chunk table, taken by backends {TABLE_BACKENDS}, but the backend here "
+            f"is {backend!r}; drop chunk_indices (the {backend} backend reads the offsets itself) or use backend='fla'."
         )
     if cu_seqlens is None:
         raise ValueError("chunk_indices was given without cu_seqlens; it indexes the documents of cu_seqlens.")

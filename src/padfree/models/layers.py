@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from padfree.ops.attention import varlen_attention
 from padfree.ops.conv1d import causal_conv1d
-from padfree.ops.gated_delta import chunk_gated_delta_rule
+from padfree.ops.gated_delta import chunk_gated_delta_rule, gdn_decay
 from padfree.varlen import PackedBatch
 
 
@@ -66,10 +65,7 @@ def gdn_gate_inputs(
     v_1THD = v.unflatten(-1, (-1, module.head_v_dim))
     if gate_in_kernel:
         return q_1THD, k_1THD, v_1THD, a_1TH, b_1TH
-    beta_1TH = b_1TH.sigmoid()
-    # fp32 as upstream: in half precision exp(A_log) can overflow to inf
-    g_1TH = -A_log.float().exp() * F.softplus(a_1TH.float() + dt_bias)
-    return q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH
+    return q_1THD, k_1THD, v_1THD, gdn_decay(a_1TH, A_log, dt_bias), b_1TH.sigmoid()
 
 
 def gdn_output(module, o_1THD: torch.Tensor, z_1THD: torch.Tensor) -> torch.Tensor:

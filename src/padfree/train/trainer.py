@@ -98,7 +98,8 @@ def _lr_in_tensors(optimizer) -> None:
 
 
 def _plain_scheduler_state(scheduler) -> dict:
-    """The schedule's state with learning rates as floats, so either mode can resume it."""
+    """The schedule's state with learning rates as floats. --cuda-graph keeps them in CUDA tensors (see
+    make_optimizer); floats load on any device, and the schedule writes them into the tensors in place."""
     return {key: [float(v) for v in value] if isinstance(value, list) and value and isinstance(value[0], torch.Tensor)
             else value for key, value in scheduler.state_dict().items()}  # fmt: skip
 

@@ -116,8 +116,7 @@ def causal_conv1d(
     """
     kind = conv_backend(backend, x.device, with_states=initial_state is not None or output_final_state)
     if chunk_indices is not None:
-        # padfree's Triton kernels find the boundaries themselves; the table, made for FLA, gets FLA's shape checks
-        check_chunk_indices(chunk_indices, cu_seqlens, "fla" if kind == "triton" else kind)
+        check_chunk_indices(chunk_indices, cu_seqlens, kind)
     trusted = chunk_indices is not None and cu_seqlens_cpu is None
     host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu, trusted)
     if kind == "torch":
