@@ -7,7 +7,7 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    the bf16 sharded run (Ulysses and context) are compared with an fp32 unsharded reference, next
    to the bf16 unsharded run's own error against that reference. Sharding only reorders sums, so
    the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
-2. throughput: AdamW training steps, activation checkpointing, one GPU at L tokens per row vs all
+2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at L tokens per row vs all
    GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median timed step, and the ratio.
    Every step's time is in the JSON.
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
@@ -129,7 +129,7 @@ def equivalence(args, device, world):
     runs = {"bf16 unsharded": None, **{f"bf16 sp{world} {m}": m for m in args.modes.split(",")}}
     errors = {}
     for name, mode in runs.items():
-        sp = None if mode is None else SequenceParallel(dist.group.WORLD, mode=mode)
+        sp = None if mode is None else SequenceParallel.from_spec(dist.group.WORLD, mode)
         padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         try:
             loss = run_step(model, batch, sp, device)
@@ -152,10 +152,11 @@ def equivalence(args, device, world):
 
 def throughput(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
-        (f"{world} GPUs {m}", SequenceParallel(dist.group.WORLD, mode=m), args.tokens_per_gpu * world)
+        (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
         for m in args.modes.split(",")
     ]
     results = {}
@@ -190,7 +191,7 @@ def throughput(args, device, world):
     for name, r in results.items():
         if "error" not in r:
             r["per_gpu_vs_1_gpu"] = round(r["tokens_per_s_per_gpu"] / one, 3)
-    emit(args.out, {"stage": "throughput", "shape": args.shape, "results": results})
+    emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing, "results": results})
     del model, optimizer
     empty_cache()
 
@@ -199,7 +200,7 @@ def longest_row(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for setup in args.long_setups.split(","):
-        sp = None if setup == "single" else SequenceParallel(dist.group.WORLD, mode=args.long_mode)
+        sp = None if setup == "single" else SequenceParallel.from_spec(dist.group.WORLD, args.long_mode)
         name = "1 GPU" if sp is None else f"{world} GPUs {args.long_mode}"
         padfree.patch(model, backend=args.backend, sequence_parallel=sp)
         fits, tokens, limit = 0, args.long_start * (1 if sp is None else world), "--long-max reached"
@@ -234,8 +235,10 @@ def main():
     parser.add_argument("--long-max", type=int, default=1 << 20)
     parser.add_argument("--long-mode", default="ulysses")
     parser.add_argument("--long-setups", default="single,sp", help="which longest-row searches: single (1 GPU), sp")
-    parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel modes to compare")
+    parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel setups to compare: mode or mode:collectives (ulysses:functional)")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
+    parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="activation checkpointing in the throughput stage (both the 1-GPU and the sharded runs)")
     args = parser.parse_args()
     if not set(args.long_setups.split(",")) <= {"single", "sp"}:
         parser.error(f"--long-setups {args.long_setups}: a comma list of single, sp")

@@ -51,7 +51,7 @@ def main():
     parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     parser.add_argument("--elementwise-backend", default="auto", help="norms and MLPs: auto, torch (upstream's), fla")
-    parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto")
+    parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto, optionally :collectives (ulysses:functional)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="run the step as padfree.CudaGraphTrainStep (one GPU): captured in the warm-up, then "
@@ -207,7 +207,7 @@ def setup(device_name: str, sp_mode: str):
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    return device, SequenceParallel(dist.group.WORLD, mode=sp_mode)
+    return device, SequenceParallel.from_spec(dist.group.WORLD, sp_mode)
 
 
 def synchronize(device: torch.device):

@@ -41,8 +41,10 @@ SCENARIOS = {
         "documents_cut_and_padding": [5, 9, 6, 3],  # 23 tokens -> 24, shard 3
     },
 }
-# Ulysses cannot run at 8 on the tiny models' heads; context parallelism runs at any degree.
-MODES = {2: ("ulysses", "context"), 4: ("ulysses", "context"), 8: ("context",)}
+# Ulysses cannot run at 8 on the tiny models' heads; context parallelism runs at any degree. At 2 ranks both
+# also run on PyTorch's functional collectives (SequenceParallel(collectives="functional")), not the default c10d.
+MODES = {2: ("ulysses", "ulysses:functional", "context", "context:functional"), 4: ("ulysses", "context"),
+         8: ("context",)}  # fmt: skip
 FEW_HEADS = dict(num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=1, linear_num_value_heads=2)
 
 
@@ -128,7 +130,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
             for scenario, lengths in SCENARIOS[world].items():
                 batch = padfree.collate(_samples(lengths, model.config.vocab_size, seed=len(lengths)))
                 for mode in MODES[world]:
-                    sp_mode = SequenceParallel(dist.group.WORLD, mode=mode)
+                    sp_mode = SequenceParallel.from_spec(dist.group.WORLD, mode)
                     SUMMARY_PASSES[0] = 0
                     loss_err, grad_err, where = _compare(model, batch, sp_mode)
                     result = {"loss": loss_err, "grad": grad_err, "param": where}
@@ -160,7 +162,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
             checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in checkpointed_model.modules())
             batch = padfree.collate(_samples([5, 9, 6], checkpointed_model.config.vocab_size, seed=3))
             for mode in MODES[world]:
-                sp_mode = SequenceParallel(dist.group.WORLD, mode=mode)
+                sp_mode = SequenceParallel.from_spec(dist.group.WORLD, mode)
                 loss_err, grad_err, where = _compare(checkpointed_model, batch, sp_mode)
                 results[f"qwen3_5/{mode}/activation_checkpointing"] = {
                     "loss": loss_err, "grad": grad_err, "param": where, "checkpointed": checkpointed,

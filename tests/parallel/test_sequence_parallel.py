@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from padfree.parallel import resolve_modes, ulysses_degrees
+from padfree.parallel.comm import check_collectives
 from padfree.tiny import FAMILIES, tiny_config
 from tests.parallel import sp_worker
 
@@ -121,3 +122,34 @@ def test_bad_degree_fails_at_setup_with_the_degrees_that_work():
     assert resolve_modes(config, 8, "context") == {"attention": "context", "gdn": "context"}
     with pytest.raises(ValueError, match="mode 'ring' is not one of"):
         resolve_modes(config, 2, "ring")
+
+
+
+def test_unknown_collectives_refused_before_any_compute():
+    with pytest.raises(ValueError, match=r"collectives='nccl' is not one of \('c10d', 'functional'\)"):
+        check_collectives("nccl")
+
+
+def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path):
+    """Qwen3.5's GDN projections are plain nn.Linear: Ulysses builds its send layout [P, T_local, C / P] with
+    one matmul on their reordered weights instead of calling them. It equals the layers' own outputs,
+    concatenated, reordered and transposed (what it replaces), and those layers are really not called."""
+    from padfree.parallel.ulysses import _gdn_channels, _gdn_send_buffer
+    from padfree.tiny import load_tiny_model
+
+    model = load_tiny_model("qwen3_5", tmp_path)
+    module = next(m for m in model.modules() if hasattr(m, "in_proj_qkv"))
+    P, hidden = 2, torch.randn(1, 6, model.config.hidden_size)
+    order, _ = _gdn_channels(P, module.num_k_heads, module.num_v_heads, module.head_k_dim, module.head_v_dim,
+                             hidden.device)  # fmt: skip
+    calls = []
+    hooks = [getattr(module, n).register_forward_hook(lambda *_: calls.append(1)) for n in ("in_proj_qkv", "in_proj_b")]
+    send, z = _gdn_send_buffer(module, hidden, order, P)
+    assert not calls, "the fast path must use the weights, not call the projections"
+    for hook in hooks:
+        hook.remove()
+    local = torch.cat([module.in_proj_qkv(hidden), module.in_proj_b(hidden), module.in_proj_a(hidden)], dim=-1)[0]
+    expected = local[:, order].unflatten(1, (P, -1)).transpose(0, 1)
+    assert send.shape == (P, 6, local.shape[1] // P)
+    torch.testing.assert_close(send, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z, module.in_proj_z(hidden).unflatten(-1, (-1, module.head_v_dim)))

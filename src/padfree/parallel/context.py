@@ -34,14 +34,14 @@ def gated_deltanet_context(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
     width = module.conv1d.weight.shape[-1]
     tail = min(width - 1, row.shard_len)
-    tails = all_gather_stack(mixed_qkv[0, -tail:], row.sp.group)
+    tails = all_gather_stack(mixed_qkv[0, -tail:], row.sp.group, row.sp.collectives)
     conv_state = _halo_state(mixed_qkv, tails, tail, row, width)
     q, k, v, g, beta = gdn_gate_inputs(module, mixed_qkv, b_1TH, a_1TH, row.local, backend, conv_state=conv_state)
     if row.continues_on_next_rank:
         summary = _last_piece_summary(q, k, v, g, beta, row, backend)
     else:
         summary = _unread_summary(k, v)
-    summaries = all_gather_stack(summary, row.sp.group)
+    summaries = all_gather_stack(summary, row.sp.group, row.sp.collectives)
     initial_state = _initial_states(summaries, row, v)
     if conv_state is None:  # this rank used nobody's halo; its backward must still join the collective
         q = keep_in_graph(q, tails)
@@ -124,7 +124,7 @@ def _initial_states(summaries: torch.Tensor, row: ShardedRow, v: torch.Tensor) -
 def attention_context(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
     q_1THD, k_1THD, v_1THD, gate_1THD = attention_qkv(module, hidden_1TC, position_embeddings)
     HKV = k_1THD.shape[2]
-    kv_PTHD = all_gather_stack(torch.cat([k_1THD[0], v_1THD[0]], dim=1), row.sp.group)
+    kv_PTHD = all_gather_stack(torch.cat([k_1THD[0], v_1THD[0]], dim=1), row.sp.group, row.sp.collectives)
     # keys of this rank's documents: from its first document's start up to its last token
     kv_THD = kv_PTHD.flatten(0, 1)[row.first_doc_start : row.end]
     k_THD, v_THD = kv_THD[:, :HKV].contiguous(), kv_THD[:, HKV:].contiguous()

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from padfree.parallel.comm import check_collectives
+
 MODES = ("auto", "ulysses", "context")
 LAYER_KINDS = ("attention", "gdn")
 
@@ -96,11 +98,14 @@ class SequenceParallel:
     group: the "sp" dimension of a DeviceMesh (`mesh["sp"]`) or a ProcessGroup.
     mode:  "auto", "ulysses" or "context" (module docstring). `padfree.patch(model,
            sequence_parallel=...)` checks it against the model's heads and fixes `layer_modes`.
+    collectives: "c10d" (default) or "functional": how the all-to-alls and all-gathers are called
+           (padfree.parallel.comm says why the default).
     """
 
     group: DeviceMesh | dist.ProcessGroup
     mode: str = "auto"
     layer_modes: dict[str, str] = field(default_factory=dict)
+    collectives: str = "c10d"
 
     def __post_init__(self):
         if isinstance(self.group, DeviceMesh):
@@ -109,6 +114,13 @@ class SequenceParallel:
             self.group = self.group.get_group()
         if self.mode not in MODES:
             raise ValueError(f"sequence-parallel mode {self.mode!r} is not one of {MODES}.")
+        check_collectives(self.collectives)
+
+    @classmethod
+    def from_spec(cls, group, spec: str) -> "SequenceParallel":
+        """From "mode" or "mode:collectives" (e.g. "ulysses:functional"), as benchmarks and tests name setups."""
+        mode, _, collectives = spec.partition(":")
+        return cls(group, mode=mode, collectives=collectives or "c10d")
 
     @property
     def size(self) -> int:
@@ -120,7 +132,7 @@ class SequenceParallel:
 
     def resolved_for(self, config) -> "SequenceParallel":
         """A copy with `layer_modes` fixed for `config` (raises if the mode cannot run)."""
-        return SequenceParallel(self.group, self.mode, resolve_modes(config, self.size, self.mode))
+        return SequenceParallel(self.group, self.mode, resolve_modes(config, self.size, self.mode), self.collectives)
 
 
 def reduce_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:

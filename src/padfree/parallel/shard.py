@@ -109,6 +109,6 @@ def gather_sequence(x_local: torch.Tensor, sp: SequenceParallel, total_len: int 
     Differentiable: the gradient of each rank's slice is the sum of what every rank's use of the
     gathered row sends back. Use it for per-token outputs (log-probs, entropies).
     """
-    gathered = all_gather_stack(x_local, sp.group)  # [P, B, T/P, ...]
+    gathered = all_gather_stack(x_local, sp.group, sp.collectives)  # [P, B, T/P, ...]
     full = gathered.transpose(0, 1).reshape(x_local.shape[0], -1, *x_local.shape[2:])
     return full if total_len is None else full[:, :total_len]

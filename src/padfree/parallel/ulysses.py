@@ -52,18 +52,37 @@ def _gdn_channels(
     return torch.cat(order).to(device), conv
 
 
-def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
-    sp = row.sp
-    P, r = sp.size, sp.rank
+def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: int):
+    """(send [P, T_local, C / P]: the columns of [mixed_qkv | b | a] each rank gets, in `order`; z [1, T, HV, Dv]).
+
+    Where the three projections are plain bias-free nn.Linear (Qwen3.5), their weight rows are put in
+    `order` and one batched matmul writes the send layout: the concatenation, the column reorder and
+    the transposing copy it replaces cost three passes over the [T_local, C] projection output each
+    way (forward and backward). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or
+    other wrapped layers) it concatenates and reorders the module's own outputs.
+    """
+    projections = [getattr(module, name, None) for name in ("in_proj_qkv", "in_proj_b", "in_proj_a")]
+    if all(type(p) is torch.nn.Linear and p.bias is None for p in projections):
+        weight = torch.cat([p.weight for p in projections]).index_select(0, order)  # [C, hidden], small
+        send_PTC = torch.matmul(hidden_1TC[0], weight.unflatten(0, (P, -1)).transpose(1, 2))
+        z_1THD = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
+        return send_PTC, z_1THD
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
-    H, HV = module.num_k_heads, module.num_v_heads
-    order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
     local = torch.cat([mixed_qkv[0], b_1TH[0].to(mixed_qkv.dtype), a_1TH[0].to(mixed_qkv.dtype)], dim=-1)
     # index_select, not local[:, order]: advanced indexing's backward is a deterministic index_put
     # (sort + accumulate) that took 20 ms per layer on a 16k-token shard (H200 profile, fifth session,
     # docs/benchmarks.md), 40% of the step; index_select's backward is one index_add_ (atomic adds;
     # under torch.use_deterministic_algorithms torch picks its deterministic, slower path itself).
-    row_TC = seq_to_heads(local.index_select(1, order).unflatten(1, (P, -1)), sp.group)  # [T, this rank's columns]
+    return local.index_select(1, order).unflatten(1, (P, -1)).transpose(0, 1).contiguous(), z_1THD
+
+
+def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
+    sp = row.sp
+    P, r = sp.size, sp.rank
+    H, HV = module.num_k_heads, module.num_v_heads
+    order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
+    send_PTC, z_1THD = _gdn_send_buffer(module, hidden_1TC, order, P)
+    row_TC = seq_to_heads(send_PTC, sp.group, sp.collectives)  # [T, this rank's columns]
     value_heads = _heads_of_rank(r, P, HV)
     n = len(value_heads)
     mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)
@@ -75,7 +94,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
         q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_host,
         use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
-    o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group)  # [T_local, P, n * Dv]
+    o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group, sp.collectives)  # [T_local, P, n * Dv]
     return gdn_output(module, o_TPHD.reshape(1, o_TPHD.shape[0], HV, -1), z_1THD)
 
 
@@ -87,13 +106,14 @@ def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, 
     if P > HKV:  # replicate: rank r reads KV head r // (P // HKV), the one its query heads share
         k_1THD, v_1THD = (t.repeat_interleave(P // HKV, dim=2) for t in (k_1THD, v_1THD))
     T_local, D = q_1THD.shape[1], q_1THD.shape[3]
-    heads = [t[0].unflatten(1, (P, -1)) for t in (q_1THD, k_1THD, v_1THD)]  # [T_local, P, h, D]
+    # [P, T_local, h, D] views: the one cat writes the send layout (no transposing copy after it)
+    heads = [t[0].unflatten(1, (P, -1)).transpose(0, 1) for t in (q_1THD, k_1THD, v_1THD)]
     sizes = [t.shape[2] for t in heads]
-    row_T = seq_to_heads(torch.cat(heads, dim=2).flatten(2), sp.group).unflatten(1, (-1, D))
+    row_T = seq_to_heads(torch.cat(heads, dim=2).flatten(2), sp.group, sp.collectives).unflatten(1, (-1, D))
     q_THD, k_THD, v_THD = torch.split(row_T, sizes, dim=1)
     o_THD = varlen_attention(
         q_THD, k_THD.contiguous(), v_THD.contiguous(), row.packed.cu_seqlens, row.packed.max_seqlen,
         scale=module.scaling, backend=backend, cu_seqlens_host=row.packed.cu_seqlens_host,
     )  # fmt: skip
-    o_local = heads_to_seq(o_THD.flatten(1), sp.group).reshape(T_local, -1, D)
+    o_local = heads_to_seq(o_THD.flatten(1), sp.group, sp.collectives).reshape(T_local, -1, D)
     return attention_output(module, o_local, gate_1THD), None
