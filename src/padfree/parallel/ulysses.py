@@ -60,11 +60,15 @@ def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: i
     the transposing copy it replaces cost three passes over the [T_local, C] projection output each
     way (forward and backward). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or
     other wrapped layers) it concatenates and reorders the module's own outputs.
+    torch.bmm on the input expanded (not copied) over P, not torch.matmul(2-D, 3-D): matmul computes
+    that product transposed, and the [P, C / P, T] result then took a 0.68 ms transposing copy per
+    layer each way (16,384-token shard, H200 profile, twelfth session, docs/benchmarks.md).
     """
     projections = [getattr(module, name, None) for name in ("in_proj_qkv", "in_proj_b", "in_proj_a")]
     if all(type(p) is torch.nn.Linear and p.bias is None for p in projections):
         weight = torch.cat([p.weight for p in projections]).index_select(0, order)  # [C, hidden], small
-        send_PTC = torch.matmul(hidden_1TC[0], weight.unflatten(0, (P, -1)).transpose(1, 2))
+        x_TC = hidden_1TC[0]
+        send_PTC = torch.bmm(x_TC.expand(P, *x_TC.shape), weight.unflatten(0, (P, -1)).transpose(1, 2))
         z_1THD = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
         return send_PTC, z_1THD
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
