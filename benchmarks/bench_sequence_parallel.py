@@ -7,9 +7,10 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    the bf16 sharded run (Ulysses and context) are compared with an fp32 unsharded reference, next
    to the bf16 unsharded run's own error against that reference. Sharding only reorders sums, so
    the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
-2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at L tokens per row vs all
-   GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median timed step, and the ratio.
-   Every step's time is in the JSON.
+2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at
+   L tokens per row vs all GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median
+   timed step, and the ratio. Every step's time is in the JSON. --modes takes "mode" or
+   "mode:collectives" (ulysses:functional) setups, timed in that order in one process.
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
    one GPU and P GPUs (--long-setups picks either).
 """
@@ -235,7 +236,8 @@ def main():
     parser.add_argument("--long-max", type=int, default=1 << 20)
     parser.add_argument("--long-mode", default="ulysses")
     parser.add_argument("--long-setups", default="single,sp", help="which longest-row searches: single (1 GPU), sp")
-    parser.add_argument("--modes", default="ulysses,context", help="sequence-parallel setups to compare: mode or mode:collectives (ulysses:functional)")
+    parser.add_argument("--modes", default="ulysses,context",
+                        help="sequence-parallel setups to compare: mode or mode:collectives (ulysses:functional)")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="activation checkpointing in the throughput stage (both the 1-GPU and the sharded runs)")

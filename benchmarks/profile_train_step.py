@@ -14,7 +14,8 @@ Prints the step time, the summed kernel time (GPU busy; the rest is host overhea
 host-device syncs of one step (`torch.cuda.set_sync_debug_mode`, counted by source line: each one
 drains the GPU's queue, so the host can no longer run ahead), and the top kernels by self CUDA
 time. Random weights, AdamW (fused), one packed row per step; `--precision bf16` keeps the weights
-in bf16, `bf16-mixed` keeps them in fp32 under bf16 autocast (what `padfree train` does on CUDA).
+in bf16, `bf16-mixed` keeps them in fp32 under bf16 autocast (what `padfree train` does on CUDA), `fp32`
+is what `padfree bench` and `padfree train` use on CPU.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ def main():
     parser.add_argument("--shape", default="0.8b")
     parser.add_argument("--row-tokens", type=int, default=8192)
     parser.add_argument("--checkpointing", action="store_true")
-    parser.add_argument("--precision", choices=("bf16", "bf16-mixed"), default="bf16")
+    parser.add_argument("--precision", choices=("bf16", "bf16-mixed", "fp32"), default="bf16")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     parser.add_argument("--elementwise-backend", default="auto", help="norms and MLPs: auto, torch (upstream's), fla")
-    parser.add_argument("--sp-mode", default="auto", help="under torchrun: ulysses, context or auto, optionally :collectives (ulysses:functional)")
+    parser.add_argument("--sp-mode", default="auto",
+                        help="under torchrun: ulysses, context or auto, optionally :collectives (ulysses:functional)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="run the step as padfree.CudaGraphTrainStep (one GPU): captured in the warm-up, then "
@@ -77,7 +79,7 @@ def main():
         model = Qwen3_5ForCausalLM(config)
     _realistic_gates(model)
     mixed = args.precision == "bf16-mixed"
-    model = (model if mixed else model.to(torch.bfloat16)).train()
+    model = (model if mixed or args.precision == "fp32" else model.to(torch.bfloat16)).train()
     if args.checkpointing:
         enable_checkpointing(model)
     padfree.patch(model, backend=args.backend, sequence_parallel=sp, elementwise_backend=args.elementwise_backend)

@@ -81,8 +81,9 @@ def main():
         row["pair_all_gather_equal"] = bool(torch.equal(expect, recv))
         results[name] = dict(row, MB_sent=round(sent_bytes / 1e6, 1))
     if rank == 0:
-        record = {"label": args.label, "device": torch.cuda.get_device_name(), "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-                  "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+        record = {"label": args.label, "device": torch.cuda.get_device_name(),
+                  "nccl": ".".join(map(str, torch.cuda.nccl.version())), "date": time.strftime("%Y-%m-%d %H:%M"),
+                  "results": results}
         print(json.dumps(record), flush=True)
         with open(args.out, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -150,6 +150,7 @@ def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path):
         hook.remove()
     local = torch.cat([module.in_proj_qkv(hidden), module.in_proj_b(hidden), module.in_proj_a(hidden)], dim=-1)[0]
     expected = local[:, order].unflatten(1, (P, -1)).transpose(0, 1)
-    assert send.shape == (P, 6, local.shape[1] // P) and send.is_contiguous(), "a contiguous buffer: what the all-to-all sends"
+    assert send.shape == (P, 6, local.shape[1] // P)
+    assert send.is_contiguous(), "a contiguous buffer: what the all-to-all sends"
     torch.testing.assert_close(send, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z, module.in_proj_z(hidden).unflatten(-1, (-1, module.head_v_dim)))

@@ -2,11 +2,12 @@
 
 The backward of an all-to-all is the inverse all-to-all, of an all-gather a reduce-scatter; on NCCL
 and gloo alike. Two implementations, picked by `SequenceParallel(collectives=...)`:
-- "c10d" (default): torch.distributed's plain ops inside padfree's autograd functions. The step's
-  host time matters (the eager sp=2 step is partly host-bound), and these return plain tensors.
+- "c10d" (default): torch.distributed's plain ops inside padfree's autograd functions; they return
+  plain tensors. In the 0.8b sp=2 step on 2x H200 they gave 5-22% more tokens/s than the functional
+  collectives, in each of six same-process comparisons (docs/benchmarks.md, twelfth session).
 - "functional": PyTorch's functional collectives with autograd. Each returns a tensor subclass
-  (AsyncCollectiveTensor) whose dispatch took 54 ms of host time in a 0.8b Ulysses sp=2 step
-  (432 calls; H200 profile, twelfth session, docs/benchmarks.md). Kept to compare against.
+  (AsyncCollectiveTensor), whose dispatch took 54 ms of host time in that Ulysses step (432 calls).
+  Kept to compare against.
 Every rank must call them in the same order; the layers make sure each one's output reaches the
 loss on every rank, so the backward collectives run everywhere too.
 """
@@ -27,6 +28,7 @@ _reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.redu
 
 
 def check_collectives(collectives: str) -> None:
+    """Refuse an unknown `collectives` (SequenceParallel's setting) before any compute."""
     if collectives not in COLLECTIVES:
         raise ValueError(f"collectives={collectives!r} is not one of {COLLECTIVES}; pass one of those.")
 
