@@ -10,7 +10,8 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
 2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at
    L tokens per row vs all GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median
    timed step, and the ratio. Every step's time is in the JSON. --modes takes "mode" or
-   "mode:collectives" (ulysses:functional) setups, timed in that order in one process.
+   "mode:collectives" (ulysses:functional) setups, timed in that order in one process; --rounds R
+   times them all in turn R times (medians over all rounds, and each round's own ratios).
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
    one GPU and P GPUs (--long-setups picks either).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 import traceback
 
@@ -160,39 +162,57 @@ def throughput(args, device, world):
         (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
         for m in args.modes.split(",")
     ]
-    results = {}
-    for name, sp, tokens in setups:
-        padfree.patch(model, backend=args.backend, sequence_parallel=sp)
-        rows = [make_row(tokens, VOCAB[args.shape], seed=10 + i) for i in range(args.warmup + args.steps)]
-        try:
-            run_step(model, rows[0], sp, device)
-        except Exception as error:
-            traceback.print_exc()
-            results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-            stop_if_device_lost(error, args.out, {"stage": "throughput", "partial": results})
-            continue
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step_s = []
-        for i, row in enumerate(rows):
-            sync(device)
-            start = time.perf_counter()
-            run_step(model, row, sp, device, optimizer)
-            sync(device)
-            if i >= args.warmup:
+    rows = {name: [make_row(tokens, VOCAB[args.shape], seed=10 + i) for i in range(args.warmup + args.steps)]
+            for name, _, tokens in setups}  # fmt: skip
+    results = {name: {"row_tokens": tokens, "step_s": [], "round_median_s": []} for name, _, tokens in setups}
+    # Rounds: every setup times `steps` steps per round, the setups in turn, so a machine that drifts (clocks,
+    # another tenant) moves all of them; the twelfth session saw the one-GPU baseline itself move by 9%.
+    for round_index in range(args.rounds):
+        for name, sp, tokens in setups:
+            result = results[name]
+            if "error" in result:
+                continue
+            padfree.patch(model, backend=args.backend, sequence_parallel=sp)
+            # Untimed first: every warm-up row in the first round (compiles, autotuning), one row later (the
+            # switch between setups).
+            untimed = rows[name][: args.warmup] if round_index == 0 else rows[name][args.warmup :][:1]
+            try:
+                for row in untimed:
+                    run_step(model, row, sp, device, optimizer)
+            except Exception as error:
+                traceback.print_exc()
+                results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+                stop_if_device_lost(error, args.out, {"stage": "throughput", "partial": results})
+                continue
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params and optimizer state count)
+            step_s = []
+            for row in rows[name][args.warmup :]:
+                sync(device)
+                start = time.perf_counter()
+                run_step(model, row, sp, device, optimizer)
+                sync(device)
                 step_s.append(time.perf_counter() - start)
-        # The median step: a kernel compiled or autotuned for the first time inside a timed step (the
-        # fourth session's context run had a 12 s tilelang compile there) moves one step, not the result.
-        median_s = sorted(step_s)[len(step_s) // 2]
-        per_gpu = tokens / median_s / (1 if sp is None else world)
-        results[name] = {"row_tokens": tokens, "tokens_per_s_per_gpu": round(per_gpu),
-                         "step_s": [round(t, 4) for t in step_s], "peak_gib": peak_gib(device)}  # fmt: skip
-        dist.barrier()
-    one = results["1 GPU"]["tokens_per_s_per_gpu"]
+            result["step_s"] += [round(t, 4) for t in step_s]
+            result["round_median_s"].append(round(statistics.median(step_s), 4))
+            result["peak_gib"] = max(result.get("peak_gib") or 0, peak_gib(device) or 0) or None
+            dist.barrier()
+    one = results["1 GPU"]
     for name, r in results.items():
-        if "error" not in r:
-            r["per_gpu_vs_1_gpu"] = round(r["tokens_per_s_per_gpu"] / one, 3)
-    emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing, "results": results})
+        if "error" in r or "error" in one:
+            continue
+        # The median step over all rounds: a kernel compiled or autotuned for the first time inside a timed step
+        # (the fourth session's context run had a 12 s tilelang compile there) moves one step, not the result.
+        median_s = statistics.median(r["step_s"])
+        r["tokens_per_s_per_gpu"] = round(r["row_tokens"] / median_s / (1 if name == "1 GPU" else world))
+    for name, r in results.items():
+        if "tokens_per_s_per_gpu" in r and "tokens_per_s_per_gpu" in one:
+            r["per_gpu_vs_1_gpu"] = round(r["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"], 3)
+            # the same ratio within each round (the setups of a round ran back to back)
+            r["per_round_vs_1_gpu"] = [round(one_s * r["row_tokens"] / (s * one["row_tokens"] * (1 if name == "1 GPU" else world)), 3)
+                                       for s, one_s in zip(r["round_median_s"], one["round_median_s"])]  # fmt: skip
+    emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing,
+                    "rounds": args.rounds, "results": results})  # fmt: skip
     del model, optimizer
     empty_cache()
 
@@ -230,7 +250,8 @@ def main():
     parser.add_argument("--stages", default="equivalence,throughput,longest_row")
     parser.add_argument("--eq-tokens", type=int, default=8192)
     parser.add_argument("--tokens-per-gpu", type=int, default=16384)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per setup and round")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput: the setups in turn, this many times")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--long-start", type=int, default=65536)
     parser.add_argument("--long-max", type=int, default=1 << 20)
