@@ -176,23 +176,23 @@ def throughput(args, device, world):
             # Untimed first: every warm-up row in the first round (compiles, autotuning), one row later (the
             # switch between setups).
             untimed = rows[name][: args.warmup] if round_index == 0 else rows[name][args.warmup :][:1]
+            step_s = []
             try:
                 for row in untimed:
                     run_step(model, row, sp, device, optimizer)
-            except Exception as error:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params, optimizer state)
+                for row in rows[name][args.warmup :]:
+                    sync(device)
+                    start = time.perf_counter()
+                    run_step(model, row, sp, device, optimizer)
+                    sync(device)
+                    step_s.append(time.perf_counter() - start)
+            except Exception as error:  # record it (earlier rounds' steps stay in the record) and go on
                 traceback.print_exc()
-                results[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+                result["error"] = f"round {round_index}: {type(error).__name__}: {str(error)[:300]}"
                 stop_if_device_lost(error, args.out, {"stage": "throughput", "partial": results})
                 continue
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params and optimizer state count)
-            step_s = []
-            for row in rows[name][args.warmup :]:
-                sync(device)
-                start = time.perf_counter()
-                run_step(model, row, sp, device, optimizer)
-                sync(device)
-                step_s.append(time.perf_counter() - start)
             result["step_s"] += [round(t, 4) for t in step_s]
             result["round_median_s"].append(round(statistics.median(step_s), 4))
             result["peak_gib"] = max(result.get("peak_gib") or 0, peak_gib(device) or 0) or None

@@ -130,27 +130,40 @@ def test_unknown_collectives_refused_before_any_compute():
         check_collectives("nccl")
 
 
-def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path):
-    """Qwen3.5's GDN projections are plain nn.Linear: Ulysses builds its send layout [P, T_local, C / P] with
-    one matmul on their reordered weights instead of calling them. It equals the layers' own outputs,
-    concatenated, reordered and transposed (what it replaces), and those layers are really not called."""
+@pytest.mark.parametrize("P", [2, 4])
+def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path, monkeypatch, P):
+    """Qwen3.5's GDN projections are plain nn.Linear: Ulysses builds its send layout [P, T_local, C / P] from
+    their reordered weights (P=2: one bmm; P=4, where P * hidden > C: a matmul and a transposing copy)
+    instead of calling them. It equals the layers' own outputs, concatenated, reordered and transposed, and
+    its gradients equal those of the path that calls the layers (taken when a layer has a hook)."""
     from padfree.parallel.ulysses import _gdn_channels, _gdn_send_buffer
     from padfree.tiny import load_tiny_model
 
     model = load_tiny_model("qwen3_5", tmp_path)
     module = next(m for m in model.modules() if hasattr(m, "in_proj_qkv"))
-    P, hidden = 2, torch.randn(1, 6, model.config.hidden_size)
+    hidden = torch.randn(1, 8, model.config.hidden_size, requires_grad=True)
     order, _ = _gdn_channels(P, module.num_k_heads, module.num_v_heads, module.head_k_dim, module.head_v_dim,
                              hidden.device)  # fmt: skip
+    assert (P * model.config.hidden_size <= order.numel()) == (P == 2), "each P must take its own branch"
+    linear = torch.nn.functional.linear
     calls = []
-    hooks = [getattr(module, n).register_forward_hook(lambda *_: calls.append(1)) for n in ("in_proj_qkv", "in_proj_b")]
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
     send, z = _gdn_send_buffer(module, hidden, order, P)
-    assert not calls, "the fast path must use the weights, not call the projections"
-    for hook in hooks:
-        hook.remove()
-    local = torch.cat([module.in_proj_qkv(hidden), module.in_proj_b(hidden), module.in_proj_a(hidden)], dim=-1)[0]
-    expected = local[:, order].unflatten(1, (P, -1)).transpose(0, 1)
-    assert send.shape == (P, 6, local.shape[1] // P)
+    monkeypatch.undo()
+    assert len(calls) == 1, "only in_proj_z runs as a layer; qkv, b and a come from their weights"
+    with torch.no_grad():
+        local = torch.cat([module.in_proj_qkv(hidden), module.in_proj_b(hidden), module.in_proj_a(hidden)], -1)[0]
+    assert send.shape == (P, 8, order.numel() // P)  # at P=4 the 2 key heads are replicated: order repeats columns
     assert send.is_contiguous(), "a contiguous buffer: what the all-to-all sends"
-    torch.testing.assert_close(send, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(z, module.in_proj_z(hidden).unflatten(-1, (-1, module.head_v_dim)))
+    torch.testing.assert_close(send, local[:, order].unflatten(1, (P, -1)).transpose(0, 1), rtol=1e-5, atol=1e-6)
+
+    params = [hidden, module.in_proj_qkv.weight, module.in_proj_b.weight, module.in_proj_a.weight]
+    weights = torch.randn_like(send)
+    grads = torch.autograd.grad((send * weights).sum() + z.sum(), params)
+    hook = module.in_proj_b.register_forward_hook(lambda *_: None)  # not a plain layer now: the calling path
+    send_ref, z_ref = _gdn_send_buffer(module, hidden, order, P)
+    hook.remove()
+    grads_ref = torch.autograd.grad((send_ref * weights).sum() + z_ref.sum(), params)
+    torch.testing.assert_close(send, send_ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -40,6 +40,7 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, send, group):
         ctx.group = group
+        send = send.contiguous()  # NCCL and gloo refuse strided buffers; a no-op for padfree's own callers
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=group)
         return recv

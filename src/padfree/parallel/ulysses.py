@@ -52,23 +52,44 @@ def _gdn_channels(
     return torch.cat(order).to(device), conv
 
 
+def _plain_linear(layer) -> bool:
+    """Whether `layer` is an nn.Linear whose output is exactly x @ weight.T from a plain tensor: no subclass
+    (LoRA, float8, FSDP-wrapped), no bias, no hooks and no replaced forward (ZeRO-3 and accelerate's
+    offloading fetch the weight there), no tensor-subclass weight (DTensor, quantized)."""
+    from torch.nn.modules import module as module_state
+
+    return (
+        type(layer) is torch.nn.Linear and layer.bias is None
+        and type(layer.weight) in (torch.Tensor, torch.nn.Parameter)
+        and not (layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer))
+        and not (module_state._global_forward_hooks or module_state._global_forward_pre_hooks)
+    )  # fmt: skip
+
+
 def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: int):
     """(send [P, T_local, C / P]: the columns of [mixed_qkv | b | a] each rank gets, in `order`; z [1, T, HV, Dv]).
 
-    Where the three projections are plain bias-free nn.Linear (Qwen3.5), their weight rows are put in
-    `order` and one batched matmul writes the send layout: the concatenation, the column reorder and
-    the transposing copy it replaces cost three passes over the [T_local, C] projection output each
-    way (forward and backward). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or
-    other wrapped layers) it concatenates and reorders the module's own outputs.
-    torch.bmm on the input expanded (not copied) over P, not torch.matmul(2-D, 3-D): matmul computes
-    that product transposed, and the [P, C / P, T] result then took a 0.68 ms transposing copy per
-    layer each way (16,384-token shard, H200 profile, twelfth session, docs/benchmarks.md).
+    Where the three projections are plain linear layers (Qwen3.5; `_plain_linear`), their weight rows
+    are put in `order` and the send layout comes from the weights directly, instead of the module
+    outputs' concatenation, column reorder and transposing copy (three passes over the [T_local, C]
+    projection output each way). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or
+    other wrapped layers) it does just that, from the modules' own outputs.
+    - P * hidden <= C: one torch.bmm on the input expanded (not copied) over P writes the layout; its
+      backward sums a [P, T_local, hidden] gradient, fewer bytes than one [T_local, C] pass here.
+      torch.bmm, not torch.matmul(2-D, 3-D): matmul computes that product transposed, and the
+      [P, C / P, T] result then took a 0.68 ms transposing copy per layer each way (16,384-token
+      shard, H200 profile, twelfth session, docs/benchmarks.md).
+    - Larger P: one matmul, then one transposing copy into the layout.
     """
     projections = [getattr(module, name, None) for name in ("in_proj_qkv", "in_proj_b", "in_proj_a")]
-    if all(type(p) is torch.nn.Linear and p.bias is None for p in projections):
+    if all(p is not None and _plain_linear(p) for p in projections):
         weight = torch.cat([p.weight for p in projections]).index_select(0, order)  # [C, hidden], small
         x_TC = hidden_1TC[0]
-        send_PTC = torch.bmm(x_TC.expand(P, *x_TC.shape), weight.unflatten(0, (P, -1)).transpose(1, 2))
+        C, hidden = weight.shape
+        if P * hidden <= C:
+            send_PTC = torch.bmm(x_TC.expand(P, *x_TC.shape), weight.unflatten(0, (P, -1)).transpose(1, 2))
+        else:
+            send_PTC = (x_TC @ weight.T).unflatten(1, (P, -1)).transpose(0, 1).contiguous()
         z_1THD = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
         return send_PTC, z_1THD
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
