@@ -120,12 +120,22 @@ def stop_if_device_lost(error, out, record):
         os._exit(2)
 
 
+def progress(started: float, what: str) -> None:
+    """Rank 0's timestamped progress line: on a fresh machine this stage ran past 200-240 s twice (twelfth
+    session) with nothing in its log to say which part took the time."""
+    if dist.get_rank() == 0:
+        print(f"[{time.strftime('%H:%M:%S')}] +{time.perf_counter() - started:.0f} s: {what}", flush=True)
+
+
 def equivalence(args, device, world):
+    started = time.perf_counter()
     batch = make_row(args.eq_tokens, VOCAB[args.shape], seed=1)
     model = build(args.shape, torch.float32, device)
     padfree.patch(model, backend="torch")  # the fp32 reference: no FLA autotuning for a dtype used once
     ref_loss = run_step(model, batch, None, device)
+    progress(started, "fp32 unsharded reference step")
     ref = flat_grads(model)
+    progress(started, "its gradients on the host")
     del model
     empty_cache()
     model = build(args.shape, torch.bfloat16, device)
@@ -141,9 +151,11 @@ def equivalence(args, device, world):
             errors[name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             stop_if_device_lost(error, args.out, {"stage": "equivalence", "partial": errors})
             continue
+        progress(started, f"{name} step")
         grads = flat_grads(model)
         errors[name] = {"loss_rel": abs(loss - ref_loss) / abs(ref_loss),
                         "grad_rel": float((grads - ref).norm() / ref.norm())}  # fmt: skip
+        progress(started, f"{name} compared")
     base = errors["bf16 unsharded"]
     passed = all("error" not in e and e["grad_rel"] <= 2 * base["grad_rel"] and e["loss_rel"] <= 2 * base["loss_rel"] + 1e-4
                  for e in errors.values())  # fmt: skip
