@@ -44,6 +44,33 @@ def _document_bounds(cu_seqlens, num_offsets, o_t, BT: tl.constexpr, BN: tl.cons
     return start, end
 
 
+@triton.jit
+def _tap(x, o_t, o_d, s, start, m_t, m_d, D):
+    """fp32 x[t - s] for the tile's tokens and channels; 0 where t - s precedes t's document or the tile's edge."""
+    src = o_t - s
+    m = (m_t & (src >= start))[:, None] & m_d[None, :]
+    return tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _weight_column(weight, o_d, m_d, s, W: tl.constexpr):
+    """fp32 weight[:, W - 1 - s]: the column that meets tap s (x[t - s] for output t)."""
+    return tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W: tl.constexpr, BT: tl.constexpr,
+                    BD: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """z = bias + sum_s weight[:, W - 1 - s] * x[t - s] in fp32: the forward's output before the activation,
+    which the backward recomputes for the activation's derivative."""
+    z = tl.zeros([BT, BD], dtype=tl.float32)
+    if HAS_BIAS:
+        z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    for s in tl.static_range(W):
+        z += _tap(x, o_t, o_d, s, start, m_t, m_d, D) * _weight_column(weight, o_d, m_d, s, W)[None, :]
+    return z
+
+
 def _configs():
     return [triton.Config({"BD": bd}, num_warps=warps) for bd, warps in ((32, 4), (64, 4), (128, 4), (128, 8))]
 
@@ -59,19 +86,11 @@ def _forward_kernel(
     o_d = i_d * BD + tl.arange(0, BD)
     m_t, m_d = o_t < T, o_d < D
     start, _ = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
-    acc = tl.zeros([BT, BD], dtype=tl.float32)
-    for s in tl.static_range(W):  # x[t - s] meets weight column W - 1 - s
-        src = o_t - s
-        m = (m_t & (src >= start))[:, None] & m_d[None, :]
-        x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
-        w_s = tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
-        acc += x_s * w_s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    z = _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W, BT, BD, HAS_BIAS)
     if SILU:
-        acc = acc * tl.sigmoid(acc)
+        z = z * tl.sigmoid(z)
     p_y = y + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
-    tl.store(p_y, acc.to(y.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+    tl.store(p_y, z.to(y.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
 @triton.jit
@@ -91,21 +110,12 @@ def _backward_dz_kernel(
     p_td = o_t.to(tl.int64)[:, None] * D + o_d[None, :]
     g = tl.load(dy + p_td, mask=m_td, other=0.0).to(tl.float32)
     if SILU:
-        z = tl.zeros([BT, BD], dtype=tl.float32)
-        if HAS_BIAS:
-            z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-        for s in tl.static_range(W):
-            src = o_t - s
-            m = (m_t & (src >= start))[:, None] & m_d[None, :]
-            x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
-            z += x_s * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
+        z = _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W, BT, BD, HAS_BIAS)
         sig = tl.sigmoid(z)
         g = g * sig * (1.0 + z * (1.0 - sig))
     tl.store(dz + p_td, g, mask=m_td)
     for s in tl.static_range(W):  # the shifted x tiles again: from L1/L2, not kept live across the loop
-        src = o_t - s
-        m = (m_t & (src >= start))[:, None] & m_d[None, :]
-        x_s = tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+        x_s = _tap(x, o_t, o_d, s, start, m_t, m_d, D)
         tl.store(dw_tiles + i_t * D * W + o_d * W + (W - 1 - s), tl.sum(g * x_s, axis=0), mask=m_d)
     if HAS_BIAS:
         tl.store(db_tiles + i_t * D + o_d, tl.sum(g, axis=0), mask=m_d)
@@ -127,7 +137,7 @@ def _backward_dx_kernel(
         out = o_t + s
         m = (m_t & (out < end))[:, None] & m_d[None, :]  # end <= T
         g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
-        acc += g * tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)[None, :]
+        acc += g * _weight_column(weight, o_d, m_d, s, W)[None, :]
     p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
     tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
