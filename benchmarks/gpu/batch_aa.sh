@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Historical (eleventh session): patch(gate_in_kernel=True), its bench path and tests/gpu/test_cuda_gate.py
+# were removed in the twelfth session after batch AC showed the fused gate did not pay.
 # GPU batch AA (1 GPU, an H100: `nvidia-h100-x1`), written in the tenth session for the next:
 #   RESULTS=/tmp/resAA BUDGET_S=560 bash benchmarks/gpu/batch_aa.sh
 # What changed after the tenth session's GPU runs, first:

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Historical (eleventh session): patch(gate_in_kernel=True), its bench path and tests/gpu/test_cuda_gate.py
+# were removed in the twelfth session after batch AC showed the fused gate did not pay.
 # GPU batch AC (1 GPU, an H100: `nvidia-h100-x1`), eleventh session: what batch AA found, mended, then its
 # unrun benchmark.
 #   RESULTS=/tmp/resAC BUDGET_S=560 bash benchmarks/gpu/batch_ac.sh

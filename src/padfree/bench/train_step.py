@@ -16,9 +16,6 @@ checkpointing and AdamW (fused on CUDA) on the same samples:
                      launches one graph instead of ~3,000 kernels. CUDA with FLA only; not in the default
                      paths. Its warm-up trains eagerly, then captures; its batches stay on the host and
                      are copied in inside the timed step.
-    padfree_graphed_gate_in_kernel the graphed path patched with gate_in_kernel=True: the GDN decay and beta's
-                     sigmoid inside FLA's kernels. Not in the default paths; it did not pay (H100, 0.8b:
-                     50,075 vs 50,104 tokens/s, +3 GB).
     padfree_graphed_fla_conv the graphed path patched with backend="fla": FLA's conv kernels instead of
                      padfree's own (padfree.ops.conv1d.triton_kernels), their baseline. Not in the default
                      paths.
@@ -62,7 +59,7 @@ from padfree.train.metrics import mfu, peak_bf16_flops
 
 PATHS = (
     "upstream_padded", "upstream_packed", "padfree", "padfree_compiled", "padfree_eager_norms", "padfree_torch_loss",
-    "padfree_graphed", "padfree_graphed_gate_in_kernel", "padfree_graphed_fla_conv",
+    "padfree_graphed", "padfree_graphed_fla_conv",
 )
 DEFAULT_PATHS = PATHS[:3]
 # padfree.patch's settings of each padfree path (the other paths stay unpatched)
@@ -72,11 +69,10 @@ PATCH_SETTINGS = {
     "padfree_eager_norms": {"elementwise_backend": "torch"},
     "padfree_torch_loss": {"loss_backend": "torch"},
     "padfree_graphed": {},
-    "padfree_graphed_gate_in_kernel": {"gate_in_kernel": True},
     "padfree_graphed_fla_conv": {"backend": "fla"},
 }
 # trained through padfree.cuda_graph.CudaGraphTrainStep
-GRAPHED_PATHS = ("padfree_graphed", "padfree_graphed_gate_in_kernel", "padfree_graphed_fla_conv")
+GRAPHED_PATHS = ("padfree_graphed", "padfree_graphed_fla_conv")
 # The baseline is batches of 4. The installed Trainer's default per_device_train_batch_size is 8,
 # which pads more; 4 is the kinder baseline for upstream.
 PADDED_BATCH = 4

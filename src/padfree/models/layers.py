@@ -36,14 +36,11 @@ def gdn_projections(module, hidden_1TC: torch.Tensor):
 def gdn_gate_inputs(
     module, mixed_qkv_1TC, b_1TH, a_1TH, packed: PackedBatch, backend: str, *,
     channels: torch.Tensor | None = None, value_heads: slice | None = None, conv_state: torch.Tensor | None = None,
-    gate_in_kernel: bool = False,
 ):  # fmt: skip
     """The conv and gates of a GDN layer: (q, k [1, T, H, Dk], v [1, T, HV, Dv], g, beta [1, T, HV]).
 
     For a head shard (sequence parallelism) `channels` picks the conv channels of mixed_qkv and
     `value_heads` the value heads of b and a; `conv_state` is the conv's initial_state per document.
-    With `gate_in_kernel`, g and beta are the raw a and b: chunk_gated_delta_rule applies the decay and
-    the sigmoid itself (use_gate_in_kernel, use_beta_sigmoid_in_kernel).
     """
     weight, bias = module.conv1d.weight.squeeze(1), module.conv1d.bias
     A_log, dt_bias = module.A_log, module.dt_bias
@@ -63,8 +60,6 @@ def gdn_gate_inputs(
     q_1THD = q.unflatten(-1, (-1, module.head_k_dim))
     k_1THD = k.unflatten(-1, (-1, module.head_k_dim))
     v_1THD = v.unflatten(-1, (-1, module.head_v_dim))
-    if gate_in_kernel:
-        return q_1THD, k_1THD, v_1THD, a_1TH, b_1TH
     return q_1THD, k_1THD, v_1THD, gdn_decay(a_1TH, A_log, dt_bias), b_1TH.sigmoid()
 
 
@@ -74,21 +69,14 @@ def gdn_output(module, o_1THD: torch.Tensor, z_1THD: torch.Tensor) -> torch.Tens
     return module.out_proj(o.reshape(o_1THD.shape[0], o_1THD.shape[1], -1))
 
 
-def gated_deltanet_packed(
-    module, hidden_1TC: torch.Tensor, packed: PackedBatch, backend: str, gate_in_kernel: bool = False
-) -> torch.Tensor:
-    """A Qwen3.5 / Qwen3-Next Gated DeltaNet layer over a packed row; state restarts per document.
-    `gate_in_kernel`: the decay and beta's sigmoid run inside chunk_gated_delta_rule (fused on FLA)."""
+def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch, backend: str) -> torch.Tensor:
+    """A Qwen3.5 / Qwen3-Next Gated DeltaNet layer over a packed row; state restarts per document."""
     mixed_qkv, z_1THD, b_1TH, a_1TH = gdn_projections(module, hidden_1TC)
-    q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH = gdn_gate_inputs(
-        module, mixed_qkv, b_1TH, a_1TH, packed, backend, gate_in_kernel=gate_in_kernel
-    )
-    gate = dict(use_gate_in_kernel=True, A_log=module.A_log, dt_bias=module.dt_bias,
-                use_beta_sigmoid_in_kernel=True) if gate_in_kernel else {}  # fmt: skip
+    q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH = gdn_gate_inputs(module, mixed_qkv, b_1TH, a_1TH, packed, backend)
     o_1THD, _ = chunk_gated_delta_rule(
         q_1THD, k_1THD, v_1THD, g_1TH, beta_1TH,
         cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, chunk_indices=packed.chunk_indices,
-        use_qk_l2norm_in_kernel=True, backend=backend, **gate,
+        use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     return gdn_output(module, o_1THD, z_1THD)
 

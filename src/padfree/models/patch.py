@@ -60,7 +60,7 @@ def _mixers(model: torch.nn.Module):
             yield "attention", layer.self_attn
 
 
-def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_backend: str, gate_in_kernel: bool):
+def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_backend: str):
     upstream = type(module).forward.__get__(module)
 
     @functools.wraps(upstream)
@@ -73,7 +73,7 @@ def _mixer_forward(kind: str, module: torch.nn.Module, backend: str, attention_b
             return sharded_mixer(kind, module, hidden, kwargs.get("position_embeddings"), packed,
                                  backend if kind == "gdn" else attention_backend)  # fmt: skip
         if kind == "gdn":
-            return gated_deltanet_packed(module, hidden, packed, backend, gate_in_kernel)
+            return gated_deltanet_packed(module, hidden, packed, backend)
         return attention_packed(module, hidden, kwargs["position_embeddings"], packed, attention_backend)
 
     return forward
@@ -89,7 +89,6 @@ def patch(
     compile_elementwise: bool = False,
     elementwise_backend: str = "auto",
     loss_backend: str = "auto",
-    gate_in_kernel: bool = False,
 ) -> torch.nn.Module:
     """Make `model` train correctly on packed rows (see `padfree.collate`); returns the same object.
 
@@ -118,12 +117,6 @@ def patch(
                        CUDA inputs when FLA is installed and compile_elementwise is off, PyTorch's ops
                        otherwise; "fla" requires FLA (and CUDA inputs); "torch" always runs PyTorch's
                        (padfree.loss_chunked, softmax_backend). FLA's: the loss 2.16x faster (H100).
-    gate_in_kernel:    the Gated DeltaNet decay -exp(A_log) * softplus(a + dt_bias) and beta's sigmoid
-                       run inside chunk_gated_delta_rule, which on FLA fuses them into its kernels
-                       (use_gate_in_kernel, use_beta_sigmoid_in_kernel) instead of ~17 small ops per
-                       layer; the same formula elsewhere. Off by default: it did not pay (H100, 0.8B
-                       graphed step: 50,075 vs 50,104 tokens/s, 3 GiB more memory). Not with sequence
-                       parallelism.
     Calling it again updates the settings; `unpatch` undoes it.
     """
     check_transformers_version()
@@ -136,8 +129,6 @@ def patch(
             f"padfree.patch supports {', '.join(SUPPORTED_CLASSES)}; got {name}. Load the model with "
             "AutoModelForCausalLM from a Qwen3.5, Qwen3.5-MoE or Qwen3-Next checkpoint."
         )
-    if sequence_parallel is not None and gate_in_kernel:
-        raise ValueError("gate_in_kernel=True is not wired into sequence parallelism; patch with one of them.")
     if sequence_parallel is not None:
         sequence_parallel = sequence_parallel.resolved_for(inner.config)
         if getattr(inner.config.get_text_config(), "output_router_logits", False):
@@ -150,7 +141,7 @@ def patch(
     if not any(kind == "gdn" for kind, _ in mixers):
         raise TypeError(f"{name} has no Gated DeltaNet layers padfree recognises; is it a text model?")
     for kind, module in mixers:
-        module.forward = _mixer_forward(kind, module, backend, attention_backend, gate_in_kernel)
+        module.forward = _mixer_forward(kind, module, backend, attention_backend)
     upstream = type(inner).forward.__get__(inner)
     loss_kernels = dict(compile_backend=compiled.COMPILE_BACKEND if compile_elementwise else None,
                         softmax_backend=loss_backend)  # fmt: skip
@@ -163,7 +154,7 @@ def patch(
         fused.use_fla_elementwise(inner, required=elementwise_backend == "fla")
     settings = dict(backend=backend, attention_backend=attention_backend, fused_loss=fused_loss,
                     compile_elementwise=compile_elementwise, elementwise_backend=elementwise_backend,
-                    loss_backend=loss_backend, gate_in_kernel=gate_in_kernel)  # fmt: skip
+                    loss_backend=loss_backend)  # fmt: skip
     setattr(inner, _MARK, dict(settings, sequence_parallel=sequence_parallel))
     return model
 
