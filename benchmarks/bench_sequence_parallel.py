@@ -9,9 +9,10 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
 2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at
    L tokens per row vs all GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median
-   timed step, and the ratio. Every step's time is in the JSON. --modes takes "mode" or
-   "mode:collectives" (ulysses:functional) setups, timed in that order in one process; --rounds R
-   times them all in turn R times (medians over all rounds, and each round's own ratios).
+   timed step, and the ratio. Every step's time is in the JSON. --modes takes
+   "mode[:collectives[:gdn_exchange]]" setups (ulysses:functional, ulysses::projections), timed in
+   that order in one process; --rounds R times them all in turn R times (medians over all rounds,
+   and each round's own ratios).
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
    one GPU and P GPUs (--long-setups picks either).
 """
@@ -89,14 +90,29 @@ def flat_grads(model):
     return torch.cat([p.grad.float().reshape(-1).cpu() for p in model.parameters()])
 
 
-def run_step(model, batch, sp, device, optimizer=None):
+def _sum_gradients(group, bucket):
+    """DDP comm hook: the sum over the group, not DDP's mean (each rank's loss is its share of the global sum)."""
+    return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda f: f.value()[0])
+
+
+def ddp_over(model, sp):
+    """The model wrapped in DistributedDataParallel over the sequence-parallel group with a summing hook: its
+    bucketed all-reduces run while the backward still computes, where reduce_gradients waits for the whole
+    backward. Steps of the unwrapped model (the one-GPU setup) do not fire DDP's hooks."""
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=sp.group)
+    ddp.register_comm_hook(sp.group, _sum_gradients)
+    return ddp
+
+
+def run_step(model, batch, sp, device, optimizer=None, ddp=None):
     model.zero_grad(set_to_none=True)
     if sp is None:
         loss = model(**to(batch, device)).loss
     else:
-        loss = model(**to(shard_batch(batch, sp), device), num_items_in_batch=count_trained_tokens(batch["labels"])).loss
+        local, trained = to(shard_batch(batch, sp), device), count_trained_tokens(batch["labels"])
+        loss = (ddp or model)(**local, num_items_in_batch=trained).loss
     loss.backward()
-    if sp is not None:
+    if sp is not None and ddp is None:
         reduce_gradients(model, sp.group)
         loss = loss.detach().clone()
         dist.all_reduce(loss, group=sp.group)
@@ -170,6 +186,7 @@ def throughput(args, device, world):
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    ddp = ddp_over(model, SequenceParallel(dist.group.WORLD)) if args.grad_sync == "ddp" else None
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
         (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
         for m in args.modes.split(",")
@@ -191,13 +208,13 @@ def throughput(args, device, world):
             step_s = []
             try:
                 for row in untimed:
-                    run_step(model, row, sp, device, optimizer)
+                    run_step(model, row, sp, device, optimizer, ddp)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params, optimizer state)
                 for row in rows[name][args.warmup :]:
                     sync(device)
                     start = time.perf_counter()
-                    run_step(model, row, sp, device, optimizer)
+                    run_step(model, row, sp, device, optimizer, ddp)
                     sync(device)
                     step_s.append(time.perf_counter() - start)
             except Exception as error:  # record it (earlier rounds' steps stay in the record) and go on
@@ -224,8 +241,8 @@ def throughput(args, device, world):
             r["per_round_vs_1_gpu"] = [round(one_s * r["row_tokens"] / (s * one["row_tokens"] * (1 if name == "1 GPU" else world)), 3)
                                        for s, one_s in zip(r["round_median_s"], one["round_median_s"])]  # fmt: skip
     emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing,
-                    "rounds": args.rounds, "results": results})  # fmt: skip
-    del model, optimizer
+                    "rounds": args.rounds, "grad_sync": args.grad_sync, "results": results})  # fmt: skip
+    del model, optimizer, ddp
     empty_cache()
 
 
@@ -270,8 +287,12 @@ def main():
     parser.add_argument("--long-mode", default="ulysses")
     parser.add_argument("--long-setups", default="single,sp", help="which longest-row searches: single (1 GPU), sp")
     parser.add_argument("--modes", default="ulysses,context",
-                        help="sequence-parallel setups to compare: mode or mode:collectives (ulysses:functional)")
+                        help="sequence-parallel setups to compare: mode[:collectives[:gdn_exchange]], e.g. "
+                             "ulysses:functional, ulysses::projections (SequenceParallel.from_spec)")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
+    parser.add_argument("--grad-sync", choices=("reduce", "ddp"), default="reduce",
+                        help="throughput stage, sharded setups: the gradients' sum over the group after the backward "
+                             "(padfree.parallel.reduce_gradients) or during it (DDP with a summing comm hook)")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="activation checkpointing in the throughput stage (both the 1-GPU and the sharded runs)")
     args = parser.parse_args()

@@ -43,6 +43,8 @@ from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, reduce_gradients, shard_batch
 from padfree.tiny import _realistic_gates
 
+MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear"}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -157,6 +159,14 @@ def main():
     if args.shapes:
         by_shape = prof.key_averages(group_by_input_shape=True)
         lines += ["ops by input shapes (--shapes):", by_shape.table(sort_by=sort_by, row_limit=40, max_name_column_width=50)]
+        # The small aten ops (copies, cat, elementwise) by shape: each shape is too small for the table above,
+        # together they were 15-25 ms of a step (eleventh and twelfth sessions, docs/benchmarks.md)
+        # (own lines: EventList.table of a filtered list fails on torch 2.11 computing its percentages)
+        small = [e for e in by_shape if e.key.startswith("aten::") and e.key not in MATMULS]
+        time_of = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+        small.sort(key=time_of, reverse=True)
+        lines += ["aten ops other than matmuls, by input shapes (--shapes): self ms, calls, op, input shapes"]
+        lines += [f"{time_of(e) / 1e3:9.3f} {e.count:6d}  {e.key:28s} {e.input_shapes}" for e in small[:80]]
     text = "\n".join(lines)
     rank = 0 if sp is None else dist.get_rank()
     if rank == 0:

@@ -252,6 +252,17 @@ def test_causal_lm_loss_matches_transformers(num_items):
     assert_close("loss from shift_labels", ref, by_shift, FP32, WHY_FP32)
 
 
+@pytest.mark.parametrize("bad", [-1, torch.tensor(-1), torch.tensor([3, 4])])
+def test_bad_num_items_refused_before_the_loss_is_computed(monkeypatch, bad):
+    """A host count (int or CPU tensor) is checked, and used as a number (no copy to the device, which waits
+    for the GPU's stream), before any compute; so is a count that is not one number."""
+    import padfree.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "chunked_linear_cross_entropy", lambda *a, **k: pytest.fail("computed first"))
+    with pytest.raises(ValueError, match="num_items_in_batch must be"):
+        causal_lm_loss(torch.randn(1, 5, 8), torch.randn(11, 8), torch.randint(0, 11, (1, 5)), bad)
+
+
 def test_count_and_all_masked_micro_batch():
     labels_BT = _packed_labels()
     count = count_trained_tokens(labels_BT)

@@ -97,6 +97,20 @@ def causal_lm_loss(
         raise ValueError(
             f"labels shape {tuple(given.shape)} does not match hidden_BTH's [B, T] = {tuple(hidden_BTH.shape[:2])}."
         )
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(
+                f"num_items_in_batch must be one number, got shape {tuple(num_items_in_batch.shape)}; "
+                "sum the per-micro-batch counts first."
+            )
+        if num_items_in_batch.device.type == "cpu":
+            # A count made on the host (count_trained_tokens of a CPU batch) is used as a number: copying a
+            # pageable CPU tensor to the GPU waits for the stream, a sync in the middle of every step
+            # (sequence-parallel 0.8b step, H200 profile, thirteenth session, docs/benchmarks.md).
+            num_items_in_batch = int(num_items_in_batch)
+    host_count = num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor)
+    if host_count and int(num_items_in_batch) < 0:
+        raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}.")
     targets_BT = shift_labels(labels_BT, ignore_index) if shift_labels_BT is None else shift_labels_BT
     targets_BT = targets_BT.to(hidden_BTH.device)
     loss_sum = chunked_linear_cross_entropy(
@@ -112,16 +126,9 @@ def causal_lm_loss(
     )
     if num_items_in_batch is None:
         count = (targets_BT != ignore_index).sum()
-    elif isinstance(num_items_in_batch, torch.Tensor):
-        if num_items_in_batch.numel() != 1:
-            raise ValueError(
-                f"num_items_in_batch must be one number, got shape {tuple(num_items_in_batch.shape)}; "
-                "sum the per-micro-batch counts first."
-            )
+    elif isinstance(num_items_in_batch, torch.Tensor):  # on the device: stays there
         count = num_items_in_batch.reshape(()).to(loss_sum.device)
     else:
-        if int(num_items_in_batch) < 0:
-            raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}.")
         return loss_sum / max(int(num_items_in_batch), 1)
     # clamp, not a Python max: a device tensor stays on device (no host sync).
     return loss_sum / count.clamp(min=1)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 import padfree
 import padfree.parallel.context as context
+import padfree.parallel.ulysses as ulysses
 from padfree.checkpointing import enable_checkpointing
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, gather_sequence, reduce_gradients, shard_batch
@@ -43,12 +44,32 @@ SCENARIOS = {
 }
 # Ulysses cannot run at 8 on the tiny models' heads; context parallelism runs at any degree. At 2 ranks both
 # also run on PyTorch's functional collectives (SequenceParallel(collectives="functional")), not the default c10d.
-MODES = {2: ("ulysses", "ulysses:functional", "context", "context:functional"), 4: ("ulysses", "context"),
-         8: ("context",)}  # fmt: skip
+# Ulysses' GDN layers of the tiny Qwen3.5 all-gather their inputs at 2 ranks and all-to-all their projections
+# at 4 by default (gdn_exchange="auto": P * hidden < C); each degree also runs the other way.
+MODES = {2: ("ulysses", "ulysses:functional", "ulysses::projections", "context", "context:functional"),
+         4: ("ulysses", "ulysses::inputs", "context"), 8: ("context",)}  # fmt: skip
 FEW_HEADS = dict(num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=1, linear_num_value_heads=2)
 
 
 SUMMARY_PASSES = [0]
+# Ulysses GDN layer calls on this rank, by what they exchanged; "strided_conv_input": "inputs" calls whose
+# mixed_qkv (the conv's input) is not contiguous, which would make the conv copy it
+GDN_EXCHANGES = {"inputs": 0, "projections": 0, "strided_conv_input": 0}
+
+
+def _count_gdn_exchanges():
+    """Count Ulysses' GDN exchanges by kind (GDN_EXCHANGES): the tests check each mode took the path it names."""
+    for kind, name in (("inputs", "_gdn_row_from_inputs"), ("projections", "_gdn_send_buffer")):
+        real = getattr(ulysses, name)
+
+        def counted(*args, _real=real, _kind=kind, **kwargs):
+            GDN_EXCHANGES[_kind] += 1
+            out = _real(*args, **kwargs)
+            if _kind == "inputs":
+                GDN_EXCHANGES["strided_conv_input"] += not out[0].is_contiguous()
+            return out
+
+        setattr(ulysses, name, counted)
 
 
 def _count_summary_passes():
@@ -122,6 +143,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
         checkpointed_model = load_tiny_model("qwen3_5", os.path.join(tmp, "ckpt")).train() if world == 2 else None
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     _count_summary_passes()
+    _count_gdn_exchanges()
     try:
         sp = SequenceParallel(dist.group.WORLD)
         results = {}
@@ -132,8 +154,9 @@ def run(rank: int, world: int, init_file: str, out_file: str):
                 for mode in MODES[world]:
                     sp_mode = SequenceParallel.from_spec(dist.group.WORLD, mode)
                     SUMMARY_PASSES[0] = 0
+                    GDN_EXCHANGES.update(inputs=0, projections=0, strided_conv_input=0)
                     loss_err, grad_err, where = _compare(model, batch, sp_mode)
-                    result = {"loss": loss_err, "grad": grad_err, "param": where}
+                    result = {"loss": loss_err, "grad": grad_err, "param": where, "gdn_exchanges": dict(GDN_EXCHANGES)}
                     if mode == "context":
                         passes = [None] * world
                         dist.all_gather_object(passes, SUMMARY_PASSES[0])

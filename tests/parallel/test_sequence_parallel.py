@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from padfree.parallel import resolve_modes, ulysses_degrees
+from padfree.parallel import SequenceParallel, resolve_modes, ulysses_degrees
 from padfree.parallel.comm import check_collectives
 from padfree.tiny import FAMILIES, tiny_config
 from tests.parallel import sp_worker
@@ -92,6 +92,40 @@ def test_auto_picks_context_when_heads_are_fewer_than_ranks(results):
     assert modes == {"attention": "context", "gdn": "context"}
 
 
+EXCHANGED = [  # (world, family, mode, what its Ulysses GDN layers must have exchanged)
+    (2, "qwen3_5", "ulysses", "inputs"),  # tiny Qwen3.5: 2 * hidden < C, plain projections
+    (2, "qwen3_5", "ulysses:functional", "inputs"),
+    (2, "qwen3_5", "ulysses::projections", "projections"),
+    (4, "qwen3_5", "ulysses", "projections"),  # 4 * hidden > C
+    (4, "qwen3_5", "ulysses::inputs", "inputs"),
+    (2, "qwen3_next", "ulysses", "projections"),  # its fused head-interleaved projection: no weight rows to take
+    (4, "qwen3_next", "ulysses::inputs", "projections"),
+]
+
+
+@pytest.mark.parametrize("world, family, mode, kind", EXCHANGED, ids=[f"sp{w}-{f}-{m}" for w, f, m, _ in EXCHANGED])
+def test_ulysses_gdn_layers_exchange_what_the_setting_and_shapes_say(results, world, family, mode, kind):
+    """SequenceParallel.gdn_exchange: every GDN layer of the run took the named exchange and none the other
+    (the equivalence tests above then cover both exchanges at both degrees); the inputs exchange hands the
+    conv a contiguous input (a strided one costs the conv a copy)."""
+    for scenario in sp_worker.SCENARIOS[world]:
+        calls = results[world][f"{family}/{mode}/{scenario}"]["gdn_exchanges"]
+        other = "projections" if kind == "inputs" else "inputs"
+        assert calls[kind] > 0 and calls[other] == 0, f"{family}/{mode}/{scenario}: {calls}"
+        assert calls["strided_conv_input"] == 0, f"{family}/{mode}/{scenario}: {calls}"
+
+
+def test_sequence_parallel_spec_and_bad_gdn_exchange():
+    sp = SequenceParallel.from_spec(None, "ulysses::projections")
+    assert (sp.mode, sp.collectives, sp.gdn_exchange) == ("ulysses", "c10d", "projections")
+    sp = SequenceParallel.from_spec(None, "context:functional")
+    assert (sp.mode, sp.collectives, sp.gdn_exchange) == ("context", "functional", "auto")
+    with pytest.raises(ValueError, match=r"gdn_exchange='all' is not one of \('auto', 'inputs', 'projections'\)"):
+        SequenceParallel(None, gdn_exchange="all")
+    with pytest.raises(ValueError, match="more than 3 fields"):
+        SequenceParallel.from_spec(None, "ulysses:c10d:inputs:x")
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_gather_sequence_round_trip_and_backward(results, world):
     assert results[world]["gather_sequence"]["ok"]
@@ -136,7 +170,7 @@ def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path, monkeypat
     their reordered weights (P=2: one bmm; P=4, where P * hidden > C: a matmul and a transposing copy)
     instead of calling them. It equals the layers' own outputs, concatenated, reordered and transposed, and
     its gradients equal those of the path that calls the layers (taken when a layer has a hook)."""
-    from padfree.parallel.ulysses import _gdn_channels, _gdn_send_buffer
+    from padfree.parallel.ulysses import _gdn_channels, _gdn_send_buffer, _plain_projections
     from padfree.tiny import load_tiny_model
 
     model = load_tiny_model("qwen3_5", tmp_path)
@@ -161,6 +195,7 @@ def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path, monkeypat
     weights = torch.randn_like(send)
     grads = torch.autograd.grad((send * weights).sum() + z.sum(), params)
     hook = module.in_proj_b.register_forward_hook(lambda *_: None)  # not a plain layer now: the calling path
+    assert not _plain_projections(module)
     send_ref, z_ref = _gdn_send_buffer(module, hidden, order, P)
     hook.remove()
     grads_ref = torch.autograd.grad((send_ref * weights).sum() + z_ref.sum(), params)

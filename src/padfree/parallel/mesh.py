@@ -12,6 +12,7 @@ Two ways to split a packed row's tokens over the `sp` ranks of a mesh, chosen pe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,15 @@ from padfree.parallel.comm import check_collectives
 
 MODES = ("auto", "ulysses", "context")
 LAYER_KINDS = ("attention", "gdn")
+# What Ulysses' Gated DeltaNet layer exchanges to give each rank its heads over the whole row:
+#   "projections" the projected q, k, v, b, a columns of its heads (all-to-all, C = 2*H*K + HV*V + 2*HV
+#                 values per token);
+#   "inputs"      the layer's input (all-gather, `hidden` values per token), which each rank then projects
+#                 with its heads' weight rows: P * hidden / C of the bytes. Needs plain nn.Linear
+#                 projections (Qwen3.5); other layers (Qwen3-Next's fused projection, LoRA) exchange
+#                 projections;
+#   "auto"        "inputs" where it moves fewer bytes (P * hidden < C), else "projections".
+GDN_EXCHANGES = ("auto", "inputs", "projections")
 
 
 def init_mesh(dp: int, sp: int, device_type: str = "cuda") -> DeviceMesh:
@@ -100,12 +110,15 @@ class SequenceParallel:
            sequence_parallel=...)` checks it against the model's heads and fixes `layer_modes`.
     collectives: "c10d" (default) or "functional": how the all-to-alls and all-gathers are called
            (padfree.parallel.comm says why the default).
+    gdn_exchange: "auto" (default), "inputs" or "projections": what Ulysses' Gated DeltaNet layers
+           exchange (GDN_EXCHANGES above).
     """
 
     group: DeviceMesh | dist.ProcessGroup
     mode: str = "auto"
     layer_modes: dict[str, str] = field(default_factory=dict)
     collectives: str = "c10d"
+    gdn_exchange: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.group, DeviceMesh):
@@ -115,12 +128,19 @@ class SequenceParallel:
         if self.mode not in MODES:
             raise ValueError(f"sequence-parallel mode {self.mode!r} is not one of {MODES}.")
         check_collectives(self.collectives)
+        if self.gdn_exchange not in GDN_EXCHANGES:
+            raise ValueError(f"gdn_exchange={self.gdn_exchange!r} is not one of {GDN_EXCHANGES}; pass one of those.")
 
     @classmethod
     def from_spec(cls, group, spec: str) -> "SequenceParallel":
-        """From "mode" or "mode:collectives" (e.g. "ulysses:functional"), as benchmarks and tests name setups."""
-        mode, _, collectives = spec.partition(":")
-        return cls(group, mode=mode, collectives=collectives or "c10d")
+        """From "mode[:collectives[:gdn_exchange]]" (e.g. "ulysses:functional", "ulysses::projections"), as
+        benchmarks and tests name setups; an empty field keeps its default."""
+        mode, collectives, gdn_exchange, *extra = spec.split(":") + ["", ""]
+        if any(extra):
+            raise ValueError(
+                f"sequence-parallel spec {spec!r} has more than 3 fields; write mode[:collectives[:gdn_exchange]]."
+            )
+        return cls(group, mode=mode, collectives=collectives or "c10d", gdn_exchange=gdn_exchange or "auto")
 
     @property
     def size(self) -> int:
@@ -132,7 +152,7 @@ class SequenceParallel:
 
     def resolved_for(self, config) -> "SequenceParallel":
         """A copy with `layer_modes` fixed for `config` (raises if the mode cannot run)."""
-        return SequenceParallel(self.group, self.mode, resolve_modes(config, self.size, self.mode), self.collectives)
+        return dataclasses.replace(self, layer_modes=resolve_modes(config, self.size, self.mode))
 
 
 def reduce_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:

@@ -4,7 +4,9 @@ Each rank turns its T/P tokens of every head into all T tokens of its 1/P of the
 packed-row op on the whole row with the global document offsets (so documents cut by rank
 boundaries need nothing special), and turns the result back. Heads with fewer copies than ranks
 (attention KV heads, GDN key heads) are replicated before the exchange; autograd sums the copies'
-gradients. Projections, norms and gates stay on the local tokens.
+gradients. Norms, gates and output projections stay on the local tokens; so do the input
+projections, except Gated DeltaNet's where it all-gathers its input instead (SequenceParallel's
+gdn_exchange).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from padfree.models.layers import (
 )  # fmt: skip
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
-from padfree.parallel.comm import heads_to_seq, seq_to_heads
+from padfree.parallel.comm import all_gather_stack, heads_to_seq, seq_to_heads
 from padfree.parallel.shard import ShardedRow
 
 
@@ -66,14 +68,31 @@ def _plain_linear(layer) -> bool:
     )  # fmt: skip
 
 
+def _plain_projections(module) -> bool:
+    """Whether the GDN layer's input projections of q, k, v, b and a are three plain linear layers (Qwen3.5;
+    `_plain_linear`), whose weight rows Ulysses may take directly; not Qwen3-Next's fused head-interleaved
+    projection, nor LoRA or other wrapped layers, which it calls."""
+    names = ("in_proj_qkv", "in_proj_b", "in_proj_a")
+    return all(getattr(module, name, None) is not None and _plain_linear(getattr(module, name)) for name in names)
+
+
+def _gdn_exchange(setting: str, P: int, hidden: int, C: int, plain: bool) -> str:
+    """"inputs" or "projections" for SequenceParallel.gdn_exchange `setting` (padfree.parallel.mesh)."""
+    if not plain:
+        return "projections"
+    if setting == "auto":
+        return "inputs" if P * hidden < C else "projections"
+    return setting
+
+
 def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: int):
     """(send [P, T_local, C / P]: the columns of [mixed_qkv | b | a] each rank gets, in `order`; z [1, T, HV, Dv]).
 
-    Where the three projections are plain linear layers (Qwen3.5; `_plain_linear`), their weight rows
-    are put in `order` and the send layout comes from the weights directly, instead of the module
-    outputs' concatenation, column reorder and transposing copy (three passes over the [T_local, C]
-    projection output each way). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or
-    other wrapped layers) it does just that, from the modules' own outputs.
+    Where the three projections are plain linear layers (`_plain_projections`), their weight rows are put
+    in `order` and the send layout comes from the weights directly, instead of the module outputs'
+    concatenation, column reorder and transposing copy (three passes over the [T_local, C] projection
+    output each way). Elsewhere (Qwen3-Next's fused head-interleaved projection, LoRA or other wrapped
+    layers) it does just that, from the modules' own outputs.
     - P * hidden <= C: one torch.bmm on the input expanded (not copied) over P writes the layout; its
       backward sums a [P, T_local, hidden] gradient, fewer bytes than one [T_local, C] pass here.
       torch.bmm, not torch.matmul(2-D, 3-D): matmul computes that product transposed, and the
@@ -81,9 +100,9 @@ def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: i
       shard, H200 profile, twelfth session, docs/benchmarks.md).
     - Larger P: one matmul, then one transposing copy into the layout.
     """
-    projections = [getattr(module, name, None) for name in ("in_proj_qkv", "in_proj_b", "in_proj_a")]
-    if all(p is not None and _plain_linear(p) for p in projections):
-        weight = torch.cat([p.weight for p in projections]).index_select(0, order)  # [C, hidden], small
+    if _plain_projections(module):
+        weights = [module.in_proj_qkv.weight, module.in_proj_b.weight, module.in_proj_a.weight]
+        weight = torch.cat(weights).index_select(0, order)  # [C, hidden], small
         x_TC = hidden_1TC[0]
         C, hidden = weight.shape
         if P * hidden <= C:
@@ -101,19 +120,42 @@ def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: i
     return local.index_select(1, order).unflatten(1, (P, -1)).transpose(0, 1).contiguous(), z_1THD
 
 
+def _gdn_row_from_inputs(module, hidden_1TC: torch.Tensor, channels: torch.Tensor, value_heads: slice, sp):
+    """(mixed_qkv [1, T, this rank's conv channels], b, a [1, T, its value heads]) over the whole row, from the
+    all-gathered input and this rank's rows of the projection weights. The same values as the all-to-all
+    of the projections, from P * hidden / C of the bytes (1/3 for Qwen3.5-0.8B at P = 2) and the same
+    matmul FLOPs: each rank projects all T tokens onto its C / P columns instead of its T / P tokens onto
+    all C. mixed_qkv gets its own matmul so it is contiguous: a slice of one [T, C / P] product made the
+    conv copy its strided input (0.23 ms a layer) and the slice's backward concatenate the gradients
+    (H200 profile, thirteenth session, docs/benchmarks.md). The all-gather's backward is the
+    reduce-scatter of the input's gradient; each rank's weight gradient covers its own rows only, and
+    reduce_gradients (or FSDP) sums them over the group."""
+    x_1TC = all_gather_stack(hidden_1TC[0], sp.group, sp.collectives).flatten(0, 1)[None]
+    mixed_qkv = x_1TC @ module.in_proj_qkv.weight.index_select(0, channels).T
+    gates = torch.cat([module.in_proj_b.weight[value_heads], module.in_proj_a.weight[value_heads]])  # [2n, hidden]
+    b, a = (x_1TC @ gates.T).chunk(2, dim=-1)
+    return mixed_qkv, b, a
+
+
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
     sp = row.sp
     P, r = sp.size, sp.rank
     H, HV = module.num_k_heads, module.num_v_heads
     order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
-    send_PTC, z_1THD = _gdn_send_buffer(module, hidden_1TC, order, P)
-    row_TC = seq_to_heads(send_PTC, sp.group, sp.collectives)  # [T, this rank's columns]
+    exchange = _gdn_exchange(sp.gdn_exchange, P, hidden_1TC.shape[-1], order.numel(), _plain_projections(module))
     value_heads = _heads_of_rank(r, P, HV)
+    heads = slice(value_heads[0], value_heads[-1] + 1)
     n = len(value_heads)
-    mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)
+    if exchange == "inputs":
+        mixed_r, b_r, a_r = _gdn_row_from_inputs(module, hidden_1TC, conv[r], heads, sp)
+        z_1THD = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
+    else:
+        send_PTC, z_1THD = _gdn_send_buffer(module, hidden_1TC, order, P)
+        row_TC = seq_to_heads(send_PTC, sp.group, sp.collectives)  # [T, this rank's columns]
+        mixed_r, b_r, a_r = torch.split(row_TC[None], [row_TC.shape[1] - 2 * n, n, n], dim=-1)
     q, k, v, g, beta = gdn_gate_inputs(
         module, mixed_r, b_r, a_r, row.packed, backend,
-        channels=conv[r], value_heads=slice(value_heads[0], value_heads[-1] + 1),
+        channels=conv[r], value_heads=heads,
     )  # fmt: skip
     o_1THD, _ = chunk_gated_delta_rule(
         q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_host,
