@@ -95,12 +95,12 @@ def _sum_gradients(group, bucket):
     return dist.all_reduce(bucket.buffer(), group=group, async_op=True).get_future().then(lambda f: f.value()[0])
 
 
-def ddp_over(model, sp):
-    """The model wrapped in DistributedDataParallel over the sequence-parallel group with a summing hook: its
+def ddp_over(model, group):
+    """The model wrapped in DistributedDataParallel over the sequence-parallel `group` with a summing hook: its
     bucketed all-reduces run while the backward still computes, where reduce_gradients waits for the whole
     backward. Steps of the unwrapped model (the one-GPU setup) do not fire DDP's hooks."""
-    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=sp.group)
-    ddp.register_comm_hook(sp.group, _sum_gradients)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group)
+    ddp.register_comm_hook(group, _sum_gradients)
     return ddp
 
 
@@ -186,7 +186,7 @@ def throughput(args, device, world):
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
-    ddp = ddp_over(model, SequenceParallel(dist.group.WORLD)) if args.grad_sync == "ddp" else None
+    ddp = ddp_over(model, dist.group.WORLD) if args.grad_sync == "ddp" else None
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
         (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
         for m in args.modes.split(",")

@@ -162,7 +162,7 @@ def train(
     if saved is not None and saved_setting(saved, "cuda_graph") != config.cuda_graph:
         # The two modes build different AdamW kernels (fused and capturable, or foreach), and the optimizer state
         # carries that choice; switching on resume is not supported.
-        was = "with" if saved_setting(saved, "cuda_graph") else "without"
+        was = "without" if config.cuda_graph else "with"  # the saved run's mode: the other one
         raise TrainError(
             f"{resume_from} was trained {was} --cuda-graph; resume it the same way (the setting changes the "
             "optimizer's kernel, whose state the checkpoint holds), or start a new run."
