@@ -8,11 +8,13 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    to the bf16 unsharded run's own error against that reference. Sharding only reorders sums, so
    the sharded error must stay within 2x the unsharded bf16 error (bf16 rounding dominates both).
 2. throughput: AdamW training steps, activation checkpointing (--no-checkpointing: off), one GPU at
-   L tokens per row vs all GPUs at P * L (the same tokens per GPU); per-GPU tokens/s of the median
+   L tokens per row vs all GPUs at P * L (the same tokens per GPU, the same documents: a sharded row
+   joins P one-GPU rows, and the one GPU times each of them); per-GPU tokens/s of the median
    timed step, and the ratio. Every step's time is in the JSON. --modes takes
    "mode[:collectives[:gdn_exchange]]" setups (ulysses:functional, ulysses::projections), timed in
    that order in one process; --rounds R times them all in turn R times (medians over all rounds,
-   and each round's own ratios).
+   and each round's own ratios). --cuda-graph: every setup trains through padfree.CudaGraphTrainStep
+   (its warm-up steps include the eager step and the capture), the sharded ones with Ulysses only.
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
    one GPU and P GPUs (--long-setups picks either).
 """
@@ -69,6 +71,11 @@ def build(shape: str, dtype, device):
 
 
 def make_row(total: int, vocab: int, seed: int, median: float | None = None):
+    return padfree.collate(make_samples(total, vocab, seed, median))
+
+
+def make_samples(total: int, vocab: int, seed: int, median: float | None = None) -> list[dict]:
+    """Documents of log-normal lengths filling exactly `total` tokens (the last one cut to fit)."""
     median = median or min(1500.0, total / 8)  # several documents in every row
     lengths, filled = [], 0
     for n in lognormal_lengths(4 * total // int(median) + 8, median=median, sigma=1.0, max_len=total, seed=seed):
@@ -79,7 +86,26 @@ def make_row(total: int, vocab: int, seed: int, median: float | None = None):
         if filled == total:
             break
     g = torch.Generator().manual_seed(seed)
-    return padfree.collate([{"input_ids": torch.randint(3, vocab, (n,), generator=g)} for n in lengths])
+    return [{"input_ids": torch.randint(3, vocab, (n,), generator=g)} for n in lengths]
+
+
+def throughput_rows(args, setups, world) -> dict[str, tuple[list[dict], list[dict]]]:
+    """(warm-up rows, timed rows) per setup, made so that both sides train the same documents: a sharded row is
+    `world` one-GPU rows joined, and the one-GPU setup times each of the rows the sharded timed rows join
+    (world x steps of them). Rows drawn separately for each length differed in their documents, and
+    attention's cost grows with a document's length squared."""
+    base = [make_samples(args.tokens_per_gpu, VOCAB[args.shape], seed=10 + i)
+            for i in range(world * (args.warmup + args.steps))]  # fmt: skip
+    joined = [padfree.collate([doc for part in base[world * j : world * (j + 1)] for doc in part])
+              for j in range(args.warmup + args.steps)]  # fmt: skip
+    one = [padfree.collate(part) for part in base]
+    rows = {}
+    for name, sp, _ in setups:
+        if sp is None:
+            rows[name] = (one[: args.warmup], one[world * args.warmup :])
+        else:
+            rows[name] = (joined[: args.warmup], joined[args.warmup :])
+    return rows
 
 
 def to(batch, device):
@@ -181,19 +207,38 @@ def equivalence(args, device, world):
     empty_cache()
 
 
+def graph_steps(model, optimizer, setups, rows, backend):
+    """One CudaGraphTrainStep per setup (--cuda-graph), all on the same model, optimizer and gradients: a replay
+    runs what its capture recorded, whatever the model's current patch."""
+    from padfree.cuda_graph import CudaGraphTrainStep
+
+    steps = {}
+    for name, sp, tokens in setups:
+        padfree.patch(model, backend=backend, sequence_parallel=sp)
+        max_docs = max(row["cu_seq_lens_q"].numel() - 1 for part in rows[name] for row in part) + 4
+        steps[name] = CudaGraphTrainStep(model, optimizer, tokens, max_docs, eager_steps=1)
+    return steps
+
+
 def throughput(args, device, world):
     model = build(args.shape, torch.bfloat16, device)
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda", capturable=args.cuda_graph)
     ddp = ddp_over(model, dist.group.WORLD) if args.grad_sync == "ddp" else None
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
         (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
         for m in args.modes.split(",")
     ]
-    rows = {name: [make_row(tokens, VOCAB[args.shape], seed=10 + i) for i in range(args.warmup + args.steps)]
-            for name, _, tokens in setups}  # fmt: skip
+    rows = throughput_rows(args, setups, world)
     results = {name: {"row_tokens": tokens, "step_s": [], "round_median_s": []} for name, _, tokens in setups}
+    graphed = graph_steps(model, optimizer, setups, rows, args.backend) if args.cuda_graph else {}
+
+    def step(name, sp, row):
+        if name in graphed:  # the row whole on every rank: the step keeps this rank's slice
+            graphed[name](row)
+        else:
+            run_step(model, row, sp, device, optimizer, ddp)
     # Rounds: every setup times `steps` steps per round, the setups in turn, so a machine that drifts (clocks,
     # another tenant) moves all of them; the twelfth session saw the one-GPU baseline itself move by 9%.
     for round_index in range(args.rounds):
@@ -204,17 +249,18 @@ def throughput(args, device, world):
             padfree.patch(model, backend=args.backend, sequence_parallel=sp)
             # Untimed first: every warm-up row in the first round (compiles, autotuning), one row later (the
             # switch between setups).
-            untimed = rows[name][: args.warmup] if round_index == 0 else rows[name][args.warmup :][:1]
+            warmup_rows, timed_rows = rows[name]
+            untimed = warmup_rows if round_index == 0 else timed_rows[:1]
             step_s = []
             try:
                 for row in untimed:
-                    run_step(model, row, sp, device, optimizer, ddp)
+                    step(name, sp, row)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params, optimizer state)
-                for row in rows[name][args.warmup :]:
+                for row in timed_rows:
                     sync(device)
                     start = time.perf_counter()
-                    run_step(model, row, sp, device, optimizer, ddp)
+                    step(name, sp, row)
                     sync(device)
                     step_s.append(time.perf_counter() - start)
             except Exception as error:  # record it (earlier rounds' steps stay in the record) and go on
@@ -241,8 +287,11 @@ def throughput(args, device, world):
             r["per_round_vs_1_gpu"] = [round(one_s * r["row_tokens"] / (s * one["row_tokens"] * (1 if name == "1 GPU" else world)), 3)
                                        for s, one_s in zip(r["round_median_s"], one["round_median_s"])]  # fmt: skip
     emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing,
-                    "rounds": args.rounds, "grad_sync": args.grad_sync, "results": results})  # fmt: skip
-    del model, optimizer, ddp
+                    "rounds": args.rounds, "grad_sync": args.grad_sync, "cuda_graph": args.cuda_graph,
+                    "results": results})  # fmt: skip
+    for graph_step in graphed.values():
+        graph_step.close()  # before the group goes: see CudaGraphTrainStep.close
+    del model, optimizer, ddp, graphed
     empty_cache()
 
 
@@ -295,7 +344,11 @@ def main():
                              "(padfree.parallel.reduce_gradients) or during it (DDP with a summing comm hook)")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="activation checkpointing in the throughput stage (both the 1-GPU and the sharded runs)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="throughput stage: every setup through padfree.CudaGraphTrainStep (Ulysses setups only)")
     args = parser.parse_args()
+    if args.cuda_graph and args.grad_sync == "ddp":
+        parser.error("--cuda-graph sums the gradients inside the captured step; drop --grad-sync ddp")
     if not set(args.long_setups.split(",")) <= {"single", "sp"}:
         parser.error(f"--long-setups {args.long_setups}: a comma list of single, sp")
     if torch.cuda.is_available():

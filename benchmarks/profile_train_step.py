@@ -58,7 +58,7 @@ def main():
                         help="under torchrun: ulysses, context or auto, optionally :collectives (ulysses:functional)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="run the step as padfree.CudaGraphTrainStep (one GPU): captured in the warm-up, then "
+                        help="run the step as padfree.CudaGraphTrainStep (also sharded, Ulysses): captured in the warm-up, then "
                              "replayed; the kernel table is then the graph's kernels")  # fmt: skip
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
@@ -85,8 +85,8 @@ def main():
     if args.checkpointing:
         enable_checkpointing(model)
     padfree.patch(model, backend=args.backend, sequence_parallel=sp, elementwise_backend=args.elementwise_backend)
-    if args.cuda_graph and (sp is not None or not cuda or args.warmup < 2):
-        parser.error("--cuda-graph needs one CUDA GPU (no torchrun) and --warmup >= 2 (eager, then capture)")
+    if args.cuda_graph and (not cuda or args.warmup < 2):
+        parser.error("--cuda-graph needs CUDA and --warmup >= 2 (eager, then capture)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=cuda, capturable=args.cuda_graph)
     row_tokens = args.row_tokens * world
     lengths = [int(n) for n in lognormal_lengths(64 * world, median=600, sigma=1.0, max_len=row_tokens, seed=0)]
@@ -99,19 +99,19 @@ def main():
             total += n
     batch = padfree.collate(samples, pad_to=row_tokens)
     kwargs = {}
+    whole_row = batch  # what the captured step takes on every rank (it keeps its slice)
     if sp is not None:
         kwargs["num_items_in_batch"] = count_trained_tokens(batch["labels"])
         batch = shard_batch(batch, sp)
-    host_batch = batch
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) and not k.startswith("cu_seq") else v for k, v in batch.items()}
     graph_step = None
     if args.cuda_graph:
-        graph_step = CudaGraphTrainStep(model, optimizer, row_tokens, len(host_batch["cu_seq_lens_q"]) - 1,
+        graph_step = CudaGraphTrainStep(model, optimizer, row_tokens, len(whole_row["cu_seq_lens_q"]) - 1,
                                         autocast_dtype=torch.bfloat16 if mixed else None)  # fmt: skip
 
     def step():
         if graph_step is not None:
-            graph_step(host_batch)  # the row is refilled from the host each step, as in training
+            graph_step(whole_row)  # the row is refilled from the host each step, as in training
             return
         with torch.autocast(device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
             loss = model(**batch, **kwargs).loss
@@ -183,6 +183,8 @@ def main():
             shutil.copyfileobj(raw, packed)
         os.remove(path)
     if sp is not None:
+        if graph_step is not None:
+            graph_step.close()  # before the group goes: see CudaGraphTrainStep.close
         dist.destroy_process_group()
 
 

@@ -14,7 +14,7 @@ import torch
 
 import padfree
 from padfree.cuda_graph import CudaGraphTrainStep
-from padfree.static_row import CHUNK, check_row, chunk_slots, chunk_table, padded_offsets
+from padfree.static_row import CHUNK, check_row, chunk_slots, chunk_table, padded_offsets, row_values
 from padfree.ops.attention import varlen_attention
 from padfree.ops.conv1d import causal_conv1d
 from padfree.ops.gated_delta import chunk_gated_delta_rule
@@ -120,3 +120,48 @@ def test_graphed_step_refuses_what_it_cannot_capture(tmp_path):
     moe = padfree.patch(load_tiny_model("qwen3_5_moe", tmp_path / "moe"))
     with pytest.raises(ValueError, match="covers dense models"):
         CudaGraphTrainStep(moe, torch.optim.AdamW(moe.parameters()), row_tokens=64, max_docs=4)
+
+
+def test_sharded_row_values_are_each_ranks_slice_as_shard_batch_cuts_it():
+    """A sequence-parallel rank's fixed-shape row holds the tokens and shifted targets shard_batch gives it (the
+    eager sharded step, tested against the unsharded run in tests/parallel); the tables stay the whole row's."""
+    from types import SimpleNamespace
+
+    from padfree.parallel import shard_batch
+
+    batch = _batch([5, 30, 7, 1, 21], pad_to=72)
+    whole = row_values(batch, 72, max_docs=8)
+    for degree in (2, 4, 8):
+        shard = 72 // degree
+        for rank in range(degree):
+            local = shard_batch(batch, SimpleNamespace(size=degree, rank=rank))
+            values = row_values(batch, 72, max_docs=8, rows=slice(rank * shard, (rank + 1) * shard))
+            assert torch.equal(values["input_ids"], local["input_ids"])
+            assert torch.equal(values["labels"], local["shift_labels"])
+            assert torch.equal(values["cu_seqlens"], whole["cu_seqlens"])
+            assert torch.equal(values["chunk_indices"], whole["chunk_indices"])
+    # the last target of rank 0 at degree 2 is rank 1's first token: shifted before the cut
+    first = row_values(batch, 72, 8, rows=slice(0, 36))["labels"][0, -1]
+    assert first == batch["input_ids"][0, 36] != -100
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_graphed_step_refuses_sequence_parallelism_it_cannot_replay(tmp_path, one_rank_group):
+    from padfree.parallel import SequenceParallel
+
+    for spec, message in (("context", "Ulysses only, but the attention and gdn layers were patched for context"),
+                          ("ulysses:functional", "needs collectives='c10d', got 'functional'"),
+                          ("ulysses", "CUDA graphs need a CUDA device")):  # fmt: skip
+        model = padfree.patch(load_tiny_model("qwen3_5", tmp_path / spec.replace(":", "_")),
+                              sequence_parallel=SequenceParallel.from_spec(one_rank_group, spec))  # fmt: skip
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True)
+        with pytest.raises(ValueError, match=message):
+            CudaGraphTrainStep(model, optimizer, row_tokens=64, max_docs=4)

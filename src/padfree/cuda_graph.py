@@ -14,15 +14,28 @@ zeroing the gradients in place (`update`). Requirements, each checked before any
   offsets on the host) and a flash attention backend (bf16 or fp16 compute);
 - an optimizer built with `capturable=True` (AdamW with fused=True, capturable=True is the fast one);
 - a dense model: an MoE layer sizes its work per expert on the host;
-- no sequence parallelism, no torch.compile of the norms; autocast only through `autocast_dtype=`
-  (captured without its weight-cast cache), not from an enclosing autocast region.
+- no torch.compile of the norms; autocast only through `autocast_dtype=` (captured without its
+  weight-cast cache), not from an enclosing autocast region;
+- sequence parallelism only as Ulysses on c10d collectives over NCCL (see below).
+
+Sequence parallelism: a sharded step launches more kernels per GPU than an unsharded one (the
+exchanges, their copies), and each collective waits for the slowest rank's host, so the eager step
+is host-bound (docs/benchmarks.md, thirteenth session). NCCL collectives can be captured: every
+rank captures the same sequence of them, and a replay runs them on the stream in that order.
+Ulysses needs only the whole row's offsets on the device (it runs the ops on all T tokens of its
+heads), so its step fits a fixed-shape row. Context parallelism does not: it cuts each rank's
+documents on the host. The captured step sums the gradients over the sequence-parallel group
+before clipping (padfree.parallel.reduce_gradients, captured); data parallelism on top of it is
+not covered.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from padfree.loss import count_trained_tokens
+from padfree.parallel.mesh import reduce_gradients
 from padfree.static_row import StaticRow, fla_tensor_cache_off, patched_settings, static_row_loss
 
 __all__ = ["CudaGraphTrainStep", "check_graphable"]
@@ -44,10 +57,16 @@ def check_graphable(
             "each expert gets, read on the host, which a CUDA graph cannot replay. Train MoE models with the eager "
             "step."
         )
+    sp = settings["sequence_parallel"]
+    if sp is not None:
+        _check_graphable_sp(sp)
     if device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}. Train with the eager step on CPU.")
-    if settings["sequence_parallel"] is not None:
-        raise ValueError("the captured step does not cover sequence parallelism; patch without sequence_parallel.")
+    if sp is not None and dist.get_backend(sp.group) != "nccl":
+        raise ValueError(
+            f"the captured sharded step needs NCCL collectives, but the sequence-parallel group runs on "
+            f"{dist.get_backend(sp.group)!r}; initialise torch.distributed with init_process_group('nccl')."
+        )
     if settings["compile_elementwise"]:
         raise ValueError("the captured step does not cover compile_elementwise=True; patch without it.")
     if not settings["fused_loss"]:
@@ -77,6 +96,23 @@ def check_graphable(
                 f"{type(optimizer).__name__} was built without capturable=True, so its step cannot be captured; build "
                 "it as torch.optim.AdamW(model.parameters(), lr=..., fused=True, capturable=True)."
             )
+
+
+def _check_graphable_sp(sp) -> None:
+    """Refuse the sequence-parallel setups a graph cannot replay (see the module docstring)."""
+    context = sorted(kind for kind, mode in sp.layer_modes.items() if mode != "ulysses")
+    if context:
+        raise ValueError(
+            f"the captured step runs sequence parallelism as Ulysses only, but the {' and '.join(context)} layers "
+            f"were patched for context parallelism, which cuts each row's documents on the host; patch with "
+            f"SequenceParallel(group, mode='ulysses') (it needs the degree to divide the heads), or train with the "
+            f"eager step."
+        )
+    if sp.collectives != "c10d":
+        raise ValueError(
+            f"the captured step needs collectives='c10d', got {sp.collectives!r} (PyTorch's functional collectives "
+            "return tensor subclasses waited for on the host); patch with SequenceParallel(group, mode='ulysses')."
+        )
 
 
 class CudaGraphTrainStep:
@@ -109,6 +145,11 @@ class CudaGraphTrainStep:
 
     A float learning rate is baked into the graph, and changing it after capture raises. To schedule
     it, pass the learning rate as a CUDA tensor: torch's LR schedulers then update it in place.
+
+    With a model patched for sequence parallelism (Ulysses), every rank of the group calls the step
+    with the same whole row (padfree.collate(samples, pad_to=row_tokens)); each keeps its slice.
+    The loss returned is the row's, summed over the group; `update` first sums the gradients over
+    the group. `row_tokens` is the whole row's length, a multiple of the degree.
     """
 
     def __init__(
@@ -125,7 +166,8 @@ class CudaGraphTrainStep:
             raise ValueError(f"max_grad_norm={max_grad_norm}: give a positive norm, or None for no clipping.")
         self.model, self.optimizer, self.eager_steps = model, optimizer, eager_steps
         self.autocast_dtype, self.max_grad_norm = autocast_dtype, max_grad_norm
-        self.row = StaticRow(row_tokens, max_docs, device)
+        self.sp = patched_settings(model)["sequence_parallel"]
+        self.row = StaticRow(row_tokens, max_docs, device, self.sp)
         self.num_items = torch.ones((), dtype=torch.long, device=device)  # the loss's divisor, refilled per row
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.rows_graph: torch.cuda.CUDAGraph | None = None
@@ -146,10 +188,15 @@ class CudaGraphTrainStep:
         with autocast:
             loss = static_row_loss(self.model, self.row, self.num_items)
         loss.backward()
-        return loss.detach()
+        loss = loss.detach()
+        if self.sp is not None:  # this rank's share -> the row's loss, on every rank
+            dist.all_reduce(loss, group=self.sp.group)
+        return loss
 
     def _update_body(self) -> torch.Tensor | None:
         norm = None
+        if self.sp is not None:  # each rank's backward covered its share of the loss: the gradient is the sum
+            reduce_gradients(self.model, self.sp.group)
         if self.max_grad_norm is not None:
             with_grads = [p for p in self.params if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(with_grads, self.max_grad_norm, foreach=True)
@@ -217,6 +264,14 @@ class CudaGraphTrainStep:
             self._lr_at_capture = [group["lr"] for group in self.optimizer.param_groups]
         self.updates += 1
         return None if self._grad_norm is None else self._grad_norm.clone()
+
+    def close(self) -> None:
+        """Free the graphs and their memory (a later call captures anew). Under sequence parallelism, call it before
+        torch.distributed.destroy_process_group(): with graphs that captured NCCL collectives still alive, two
+        processes hung in their teardown (torch 2.11, 2x H200, docs/benchmarks.md, fourteenth session)."""
+        torch.cuda.synchronize(self.row.device)
+        self.rows_graph = self.update_graph = None
+        self._loss = self._grad_norm = None
 
     def __call__(self, batch: dict) -> torch.Tensor:
         """One row, one optimizer step; returns the row's loss."""

@@ -15,6 +15,11 @@ Each row is checked on the host with the checks every packed row gets (padfree.m
 then its token ids, labels and tables are copied into fixed device buffers (from pinned memory,
 without blocking). The ops are told to trust the values (`chunk_indices`, `trust_offsets`), because
 reading them back would sync and break capture.
+
+With sequence parallelism (Ulysses only) every rank fills from the whole row, as padfree.collate made
+it: the tables stay the whole row's (Ulysses runs the ops on all T tokens of its heads), while the
+token ids and targets are this rank's T / P slice, the labels shifted before the cut as
+padfree.parallel.shard_batch does. The row length must then be a multiple of P.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ from typing import Sequence
 
 import torch
 
-from padfree.loss import causal_lm_loss
+from padfree.loss import causal_lm_loss, shift_labels
 from padfree.models.causal_lm import _NO_MASKS, PACKED_KWARG, _check_packed_row, _find_packed
 from padfree.varlen import PackedBatch, document_positions
 
 __all__ = [
     "StaticRow", "check_row", "chunk_table", "fla_tensor_cache_off", "padded_offsets", "patched_settings",
-    "static_row_logits", "static_row_loss",
+    "row_values", "static_row_logits", "static_row_loss",
 ]
 
 CHUNK = 64  # FLA's chunk size for the gated delta rule and the conv (both take the same table)
@@ -101,35 +106,62 @@ class StaticRow:
 
     `fill(batch)` checks a `padfree.collate(..., pad_to=row_tokens)` batch on the host and copies it in.
     `packed` is the PackedBatch every layer reads: its values change with each fill, its tensors never do.
+    With `sp` (a SequenceParallel whose layers all run Ulysses), `input_ids` and `labels` hold this
+    rank's slice of the row and `labels` are the shifted targets; `sharded` is the ShardedRow the
+    layers read.
     """
 
-    def __init__(self, row_tokens: int, max_docs: int, device: torch.device | str):
+    def __init__(self, row_tokens: int, max_docs: int, device: torch.device | str, sp=None):
         device = torch.device(device)
         if device.type != "cuda":
             raise ValueError(f"a fixed-shape row is for CUDA graphs; got device {device}.")
         if row_tokens < 1 or max_docs < 1:
             raise ValueError(f"row_tokens ({row_tokens}) and max_docs ({max_docs}) must be positive.")
-        self.row_tokens, self.max_docs, self.device = row_tokens, max_docs, device
-        self.input_ids = torch.zeros(1, row_tokens, dtype=torch.long, device=device)
-        self.labels = torch.full((1, row_tokens), -100, dtype=torch.long, device=device)
+        degree = 1 if sp is None else sp.size
+        if row_tokens % degree:
+            raise ValueError(
+                f"row_tokens={row_tokens} is not a multiple of the sequence-parallel degree {degree}; pick a row "
+                f"length divisible by it and collate with padfree.collate(samples, pad_to=row_tokens)."
+            )
+        self.row_tokens, self.max_docs, self.device, self.sp = row_tokens, max_docs, device, sp
+        shard = row_tokens // degree
+        self.start = 0 if sp is None else sp.rank * shard
+        self.end = self.start + shard
+        self.input_ids = torch.zeros(1, shard, dtype=torch.long, device=device)
+        self.labels = torch.full((1, shard), -100, dtype=torch.long, device=device)
         self.cu_seqlens = torch.zeros(max_docs + 2, dtype=torch.int32, device=device)
         self.chunk_indices = torch.zeros(chunk_slots(row_tokens, max_docs), 2, dtype=torch.int32, device=device)
         self.packed = PackedBatch(self.cu_seqlens, None, row_tokens, chunk_indices=self.chunk_indices)
+        self.sharded = None
+        if sp is not None:
+            from padfree.parallel.shard import ShardedRow
+
+            self.sharded = ShardedRow(sp, self.packed, None, self.start, self.end, None)
 
     def fill(self, batch: dict) -> None:
         """Check `batch`, then copy it into the buffers, queued on the current stream (no host wait)."""
-        offsets = check_row(batch, self.row_tokens, self.max_docs)
-        padded = padded_offsets(offsets, self.max_docs)
-        table = chunk_table(padded, self.chunk_indices.shape[0])
+        rows = None if self.sp is None else slice(self.start, self.end)
+        values = row_values(batch, self.row_tokens, self.max_docs, rows)
         # pinned host tensors: the copies are asynchronous, and torch keeps each block alive until its copy has run
-        for buffer, host in (
-            (self.input_ids, batch["input_ids"]),
-            (self.labels, batch["labels"]),
-            (self.cu_seqlens, torch.tensor(padded, dtype=torch.int32)),
-            (self.chunk_indices, torch.tensor(table, dtype=torch.int32)),
-        ):
+        for name, host in values.items():
+            buffer = getattr(self, name)
             host = host.to(buffer.dtype)
             buffer.copy_(host.pin_memory() if host.device.type == "cpu" else host, non_blocking=True)
+
+
+def row_values(batch: dict, row_tokens: int, max_docs: int, rows: slice | None = None) -> dict[str, torch.Tensor]:
+    """What StaticRow.fill copies into its buffers, by buffer name, after `check_row`: input_ids and labels
+    (with `rows`, a sequence-parallel rank's slice: its tokens and their shifted targets), cu_seqlens padded
+    with empty documents, and FLA's chunk table."""
+    offsets = check_row(batch, row_tokens, max_docs)
+    padded = padded_offsets(offsets, max_docs)
+    ids, labels = batch["input_ids"], batch["labels"]
+    if rows is not None:  # shifted before the cut: a rank's last target is its neighbour's first token
+        ids, labels = ids[:, rows], shift_labels(labels)[:, rows]
+    return {
+        "input_ids": ids, "labels": labels, "cu_seqlens": torch.tensor(padded, dtype=torch.int32),
+        "chunk_indices": torch.tensor(chunk_table(padded, chunk_slots(row_tokens, max_docs)), dtype=torch.int32),
+    }  # fmt: skip
 
 
 def patched_settings(model) -> dict:
@@ -143,31 +175,37 @@ def patched_settings(model) -> dict:
 
 
 def _hidden(model, row: StaticRow) -> torch.Tensor:
+    """The language model's last hidden states on the row in `row`'s buffers (this rank's slice under sp)."""
     from padfree.models.patch import _unwrap
 
     inner = _unwrap(model)
+    positions = document_positions(row.cu_seqlens, row.row_tokens)[row.start : row.end]
     outputs = inner.model(
-        input_ids=row.input_ids, position_ids=document_positions(row.cu_seqlens, row.row_tokens).unsqueeze(0),
-        attention_mask=dict(_NO_MASKS), use_cache=False, **{PACKED_KWARG: row.packed},
+        input_ids=row.input_ids, position_ids=positions.unsqueeze(0), attention_mask=dict(_NO_MASKS),
+        use_cache=False, **{PACKED_KWARG: row.packed if row.sharded is None else row.sharded},
     )  # fmt: skip
     return outputs.last_hidden_state
 
 
 def static_row_loss(model, row: StaticRow, num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
     """The patched model's loss on the row in `row`'s buffers: what `model(**batch, num_items_in_batch=...).loss`
-    computes for the batch last filled in, through padfree's fused loss; no host read, so it can be captured."""
+    computes for the batch last filled in, through padfree's fused loss; no host read, so it can be captured.
+    Under sequence parallelism: this rank's share (its tokens' sum over the whole row's count)."""
     from padfree.models.patch import _unwrap
 
     settings = patched_settings(model)
     inner = _unwrap(model)
+    # under sp the buffer holds the shifted targets of this rank's slice
+    labels, targets = (row.labels, None) if row.sp is None else (None, row.labels)
     return causal_lm_loss(
-        _hidden(model, row), inner.lm_head.weight, row.labels, num_items_in_batch, lm_head_bias=inner.lm_head.bias,
-        softmax_backend=settings["loss_backend"],
+        _hidden(model, row), inner.lm_head.weight, labels, num_items_in_batch, lm_head_bias=inner.lm_head.bias,
+        shift_labels_BT=targets, softmax_backend=settings["loss_backend"],
     )  # fmt: skip
 
 
 def static_row_logits(model, row: StaticRow) -> torch.Tensor:
-    """[1, T, vocab] logits of the row in `row`'s buffers (the bench's correctness gate compares them per document)."""
+    """[1, T, vocab] logits of the row in `row`'s buffers (the bench's correctness gate compares them per document);
+    this rank's [1, T / P, vocab] under sequence parallelism."""
     from padfree.models.patch import _unwrap
 
     return _unwrap(model).lm_head(_hidden(model, row))

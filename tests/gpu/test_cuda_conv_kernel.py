@@ -4,10 +4,13 @@ Skipped without CUDA. The oracle (padfree.ops.conv1d.naive: one F.conv1d per doc
 inputs, upcast. Bounds:
 - fp32 inputs: 1e-5 RMS-relative; only the order of the W-term sums differs (~1e-7).
 - bf16 inputs: the kernels accumulate in fp32 from the same bf16 values as the oracle, then round once to
-  the output's dtype: y and dx within 2^-8 (one bf16 rounding is at most 2^-9 relative); the fp32
+  the output's dtype: y and dx within 2^-8 (one bf16 rounding to nearest: at most 2^-8 relative); the fp32
   weight's and bias's gradients, summed over all tokens in fp32 in another order, within 1e-4.
 Also: the kernels captured in a CUDA graph follow offsets that change between replays, empty documents at
-the row's end included (the fixed-shape rows of padfree.cuda_graph).
+the row's end included (the fixed-shape rows of padfree.cuda_graph); and with `split_sizes` the forward writes
+its parts (q, k, v) itself and the backward takes their gradients, None for an unused part: the same values as
+the unsplit call (y and dx are the same fp32 sums per element; the weight's and bias's per-tile sums may take
+another reduction order under another autotuned configuration: within 1e-6 in fp32).
 """
 
 from __future__ import annotations
@@ -72,6 +75,56 @@ def test_triton_conv_matches_the_oracle(case, dtype):
         assert_close(f"{case} {name}", r, o, bound, "bf16 output: one rounding" if rounded_once else "fp32 sums")
 
 
+SPLITS = {  # case -> split_sizes: widths off every block size (32, 64, 128), so blocks end inside parts
+    "mixed": [37, 37, 76],
+    "tile_edges": [16, 16, 32],
+    "empty_documents_at_the_end": [20, 20, 56],
+    "width_3": [1, 1, 31],
+}
+
+
+def _split_grads(parts, leaves, dy, split_sizes, unused):
+    """y (parts concatenated) and the leaves' gradients, with part `unused` left out of the graph (None)."""
+    used = [i for i in range(len(parts)) if i != unused]
+    dys = dy.split(split_sizes, -1)
+    grads = torch.autograd.grad([parts[i] for i in used], leaves, [dys[i] for i in used])
+    return [torch.cat([p.detach() for p in parts], -1), *grads]
+
+
+@pytest.mark.parametrize("unused", [None, 0, 1, 2], ids=["all_used", "q_unused", "k_unused", "v_unused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", list(SPLITS))
+def test_triton_split_outputs_match_the_oracle_and_the_unsplit_call(case, dtype, unused):
+    lengths, D, W, has_bias, activation = CASES[case]
+    split_sizes = SPLITS[case]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    T = sum(lengths)
+    x = torch.randn(1, T, D, device=DEVICE, generator=gen).to(dtype)
+    w = torch.randn(D, W, device=DEVICE, generator=gen) * 0.5
+    b = torch.randn(D, device=DEVICE, generator=gen) if has_bias else None
+    dy = torch.randn(1, T, D, device=DEVICE, generator=gen).to(dtype)
+    if unused is not None:  # what the unsplit call and the oracle see for a part nobody reads
+        dy[..., sum(split_sizes[:unused]) : sum(split_sizes[: unused + 1])] = 0
+    cu = _offsets(lengths)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    parts = triton_kernels.causal_conv1d(*leaves[:2], leaves[2] if b is not None else None, activation, cu,
+                                         split_sizes)  # fmt: skip
+    assert [tuple(p.shape) for p in parts] == [(1, T, d) for d in split_sizes]
+    assert all(p.is_contiguous() for p in parts)
+    ours = _split_grads(parts, leaves, dy, split_sizes, unused)
+    unsplit = _ours(x, w, b, activation, cu, dy)
+    reference = _reference(x, w, b, activation, cu, dy)
+    names = ["y", "dx", "dweight", "dbias"][: len(ours)]
+    for name, r, u, o in zip(names, reference, unsplit, ours):
+        rounded_once = dtype == torch.bfloat16 and name in ("y", "dx")
+        bound = 2.0**-8 if rounded_once else (1e-4 if dtype == torch.bfloat16 else 1e-5)
+        assert_close(f"{case} {name}", r, o, bound, "bf16 output: one rounding" if rounded_once else "fp32 sums")
+        if name in ("y", "dx"):
+            assert_close(f"{case} {name} (unsplit)", u, o, 0.0, "the same fp32 sums per element: exact")
+        else:
+            assert_close(f"{case} {name} (unsplit)", u, o, 1e-6, "per-tile sums, maybe another reduction order")
+
+
 def test_triton_conv_without_offsets_treats_each_batch_row_as_a_document():
     gen = torch.Generator(device=DEVICE).manual_seed(1)
     x = torch.randn(3, 37, 40, device=DEVICE, generator=gen)
@@ -82,7 +135,8 @@ def test_triton_conv_without_offsets_treats_each_batch_row_as_a_document():
         assert_close(name, r, o, 1e-5, "fp32 sums")
 
 
-def test_triton_conv_in_a_cuda_graph_follows_changing_offsets():
+@pytest.mark.parametrize("split_sizes", [None, [20, 20, 56]], ids=["whole", "split"])
+def test_triton_conv_in_a_cuda_graph_follows_changing_offsets(split_sizes):
     D, W, T = 96, 4, 300
     gen = torch.Generator(device=DEVICE).manual_seed(2)
     x = torch.randn(1, T, D, device=DEVICE, generator=gen, requires_grad=True)
@@ -92,11 +146,18 @@ def test_triton_conv_in_a_cuda_graph_follows_changing_offsets():
     layouts = [[100, 200, 0, 0], [1, 1, 3, 295], [300, 0, 0, 0], [7, 50, 60, 183]]  # 4 documents' slots each
     offsets = _offsets(layouts[0])
 
+    def conv():  # y, its parts concatenated with split_sizes (a copy outside the kernels, for the comparison)
+        if split_sizes is None:
+            y = triton_kernels.causal_conv1d(x, w, b, "silu", offsets)
+            y.backward(dy)
+            return y
+        parts = triton_kernels.causal_conv1d(x, w, b, "silu", offsets, split_sizes)
+        torch.autograd.backward(parts, dy.split(split_sizes, -1))
+        return torch.cat([p.detach() for p in parts], -1)
+
     def step():
         x.grad = w.grad = b.grad = None
-        y = triton_kernels.causal_conv1d(x, w, b, "silu", offsets)
-        y.backward(dy)
-        return y
+        return conv()
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -106,14 +167,13 @@ def test_triton_conv_in_a_cuda_graph_follows_changing_offsets():
     graph = torch.cuda.CUDAGraph()
     x.grad = w.grad = b.grad = None
     with torch.cuda.graph(graph):
-        y = triton_kernels.causal_conv1d(x, w, b, "silu", offsets)
-        y.backward(dy)
+        y = conv()
     for lengths in layouts[1:]:
         offsets.copy_(_offsets(lengths))
         graph.replay()
         reference = _reference(x, w, b, "silu", offsets, dy)
         for name, r, o in zip(["y", "dx", "dweight", "dbias"], reference, [y, x.grad, w.grad, b.grad]):
-            assert_close(f"{lengths} {name}", r, o, 1e-5, "fp32 sums")
+            assert_close(f"{split_sizes} {lengths} {name}", r, o, 1e-5, "fp32 sums")
 
 
 def test_auto_picks_the_triton_conv_on_cuda_without_states():

@@ -183,6 +183,43 @@ def test_torch_compile_matches_eager():
     _compare(["y", "dx", "dw", "db"], eager, compiled, 1e-6, "the same ops traced: rounding only.")
 
 
+SPLITS = [3, 3, 6]  # q, k, v widths of D = 12, as gdn_gate_inputs asks for them
+
+
+@pytest.mark.parametrize("unused", [None, 1], ids=["all_parts_used", "k_unused"])
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("case", ["documents_shorter_than_W", "arbitrary_boundaries"])
+def test_split_outputs_equal_the_split_of_y(case, backend, unused, nan_empty):
+    """split_sizes gives torch.split(y)'s parts as contiguous tensors; gradients through them are the same,
+    also when one part's gradient is None (unused)."""
+    lengths = CASES[case]
+    x, w, b = _inputs(lengths)
+    cu = _cu(lengths)
+    dys = list(torch.randn(1, sum(lengths), D, generator=torch.Generator().manual_seed(1)).split(SPLITS, -1))
+    used = [i for i in range(len(SPLITS)) if i != unused]
+
+    def run(parts):
+        grads = torch.autograd.grad([parts[i] for i in used], (x, w, b), [dys[i] for i in used])
+        return [torch.cat([p.detach() for p in parts], -1), *grads]
+
+    y = causal_conv1d(x, w, b, activation="silu", cu_seqlens=cu, backend=backend)
+    parts = causal_conv1d(x, w, b, activation="silu", cu_seqlens=cu, backend=backend, split_sizes=SPLITS)
+    assert isinstance(parts, tuple) and [tuple(p.shape) for p in parts] == [(1, sum(lengths), d) for d in SPLITS]
+    assert all(p.is_contiguous() for p in parts)
+    exact = "the same backend's y, copied: exact."
+    _compare(["y", "dx", "dw", "db"], run(torch.split(y, SPLITS, -1)), run(parts), 0.0, exact)
+
+
+def test_split_outputs_with_final_state():
+    lengths = CASES["documents_shorter_than_W"]
+    x, w, b = _inputs(lengths)
+    kw = dict(activation="silu", output_final_state=True, cu_seqlens=_cu(lengths), backend="torch")
+    y, final = causal_conv1d(x, w, b, **kw)
+    parts, split_final = causal_conv1d(x, w, b, split_sizes=SPLITS, **kw)
+    assert len(parts) == len(SPLITS)
+    _compare(["y", "final_state"], [y, final], [torch.cat(parts, -1), split_final], 0.0, "the same backend: exact.")
+
+
 def _bad(**changes):
     args = dict(x=torch.randn(1, 7, D), weight=torch.randn(D, W), cu_seqlens=torch.tensor([0, 3, 7]))
     args.update(changes)
@@ -210,6 +247,11 @@ def _bad(**changes):
         (_bad(backend="triton"), "backend='triton' needs CUDA"),
         (_bad(backend="cuda"), "backend='cuda' is not one of"),  # FLA's own backend names are not ours
         (_bad(backend="fla"), "backend='fla' needs CUDA"),
+        (_bad(split_sizes=[4, 4, 3]), r"split_sizes=\[4, 4, 3\] sums to 11 but x has D = 12 channels; pass sizes"),
+        (_bad(split_sizes=[6, 0, 6]), r"split_sizes=\[6, 0, 6\] has a part of <= 0 channels"),
+        (_bad(split_sizes=[13, -1]), r"has a part of <= 0 channels; leave empty parts out"),
+        (_bad(split_sizes=[6.0, 6.0]), r"split_sizes must be ints"),
+        (_bad(split_sizes=[]), r"split_sizes=\[\] sums to 0 but x has D = 12"),
     ],
 )
 def test_invalid_inputs_are_rejected(args, message):

@@ -49,14 +49,15 @@ def gdn_gate_inputs(
         weight, bias = weight.index_select(0, channels), None if bias is None else bias.index_select(0, channels)
     if value_heads is not None:
         A_log, dt_bias = A_log[value_heads], dt_bias[value_heads]
-    mixed_qkv_1TC = causal_conv1d(
-        mixed_qkv_1TC, weight, bias, activation=module.activation, initial_state=conv_state,
-        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, chunk_indices=packed.chunk_indices,
-        backend=backend,
-    )  # fmt: skip
     value_width = b_1TH.shape[-1] * module.head_v_dim
     key_width = (mixed_qkv_1TC.shape[-1] - value_width) // 2
-    q, k, v = torch.split(mixed_qkv_1TC, [key_width, key_width, value_width], dim=-1)
+    # q, k, v as three contiguous tensors straight from the conv (on "triton" its kernel writes them, and
+    # takes their gradients as they come): no copy of strided slices, no torch.cat of their gradients
+    q, k, v = causal_conv1d(
+        mixed_qkv_1TC, weight, bias, activation=module.activation, initial_state=conv_state,
+        cu_seqlens=packed.cu_seqlens, cu_seqlens_cpu=packed.cu_seqlens_host, chunk_indices=packed.chunk_indices,
+        backend=backend, split_sizes=[key_width, key_width, value_width],
+    )  # fmt: skip
     q_1THD = q.unflatten(-1, (-1, module.head_k_dim))
     k_1THD = k.unflatten(-1, (-1, module.head_k_dim))
     v_1THD = v.unflatten(-1, (-1, module.head_v_dim))

@@ -64,10 +64,14 @@ class ShardedRow:
 
     sp: SequenceParallel
     packed: PackedBatch  # the whole row's documents (global offsets)
-    local: PackedBatch  # the pieces of documents inside [start, end), offsets relative to start
+    # The pieces of documents inside [start, end), offsets relative to start, and the global start of the
+    # document holding token `start` (< start: it began earlier). Context parallelism reads both; Ulysses
+    # neither. None in a fixed-shape row (padfree.static_row), whose offsets change under a CUDA graph
+    # without a host read: the captured step runs Ulysses only.
+    local: PackedBatch | None
     start: int
     end: int
-    first_doc_start: int  # global start of the document holding token `start` (< start: it began earlier)
+    first_doc_start: int | None
 
     @property
     def shard_len(self) -> int:

@@ -159,7 +159,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     )  # fmt: skip
     o_1THD, _ = chunk_gated_delta_rule(
         q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_host,
-        use_qk_l2norm_in_kernel=True, backend=backend,
+        chunk_indices=row.packed.chunk_indices, use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
     o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group, sp.collectives)  # [T_local, P, n * Dv]
     return gdn_output(module, o_TPHD.reshape(1, o_TPHD.shape[0], HV, -1), z_1THD)
@@ -181,6 +181,7 @@ def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, 
     o_THD = varlen_attention(
         q_THD, k_THD.contiguous(), v_THD.contiguous(), row.packed.cu_seqlens, row.packed.max_seqlen,
         scale=module.scaling, backend=backend, cu_seqlens_host=row.packed.cu_seqlens_host,
+        trust_offsets=row.packed.chunk_indices is not None,  # a fixed-shape row (padfree.static_row), checked on fill
     )  # fmt: skip
     o_local = heads_to_seq(o_THD.flatten(1), sp.group, sp.collectives).reshape(T_local, -1, D)
     return attention_output(module, o_local, gate_1THD), None

@@ -228,7 +228,10 @@ def validate(config: TrainConfig) -> None:
     if config.cuda_graph and config.compile_elementwise:
         raise TrainError("--cuda-graph does not cover --compile-elementwise; drop one of them.")
     if config.cuda_graph and config.sp_degree > 1:
-        raise TrainError("--cuda-graph does not cover sequence parallelism (--sp-degree > 1); drop one of them.")
+        raise TrainError(
+            "--cuda-graph does not cover sequence parallelism (--sp-degree > 1) in padfree train yet; drop one of "
+            "them, or capture the sharded step in your own loop with padfree.CudaGraphTrainStep (Ulysses; README)."
+        )
     if not config.lr > 0:
         raise TrainError(f"--lr must be > 0, got {config.lr}.")
     if not 0 <= config.min_lr_ratio <= 1:

@@ -65,7 +65,8 @@ def causal_conv1d(
     cu_seqlens_cpu: torch.Tensor | Sequence[int] | None = None,
     chunk_indices: torch.Tensor | None = None,
     backend: str = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    split_sizes: Sequence[int] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Causal depthwise conv1d over [B, T, D] that restarts at every document boundary.
 
         y[t, d] = act(bias[d] + sum_{j<W} weight[d, j] * x[t - (W-1) + j, d]),
@@ -94,6 +95,11 @@ def causal_conv1d(
             chunk_gated_delta_rule).
         backend: "auto", "torch", "triton" (CUDA, no states), "fla" (CUDA + flash-linear-attention) or
             "naive". "auto" is "triton" on CUDA without states (see `conv_backend`).
+        split_sizes: a padfree extension, not in FLA's signature: channel counts d_i > 0 that sum to D.
+            Then y comes back as the tuple of its parts [B, T, d_i], each contiguous, with the values of
+            `torch.split(y, split_sizes, -1)`: Gated DeltaNet's q, k, v. The "triton" backend writes up to
+            three parts from its kernel and takes their gradients (None for an unused part) as they are;
+            the other backends copy the parts out of y.
 
     Dtypes: weight, bias and initial_state may have another floating dtype than x (Qwen3.5 runs
     fp32 or bf16 weights). The sum is accumulated in fp32 (fp64 if any input is fp64) as FLA's
@@ -101,8 +107,8 @@ def causal_conv1d(
     weight's dtype; with bf16 weights ours is the more accurate, by bf16 rounding of the products.
 
     Returns:
-        y [B, T, D], or (y, final_state) when output_final_state is True. (FLA always returns the
-        pair; padfree returns the bare tensor in the common case.)
+        y [B, T, D] (with split_sizes: its parts), or (y, final_state) when output_final_state is True.
+        (FLA always returns the pair; padfree returns the bare tensor in the common case.)
 
     Checks on the values of cu_seqlens run eagerly (from cu_seqlens_cpu when given, else with one
     device-to-host copy) and are skipped while torch.compile traces, where the graph trusts them.
@@ -113,12 +119,17 @@ def causal_conv1d(
         ...                   cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32), backend="torch")
         >>> y.shape
         torch.Size([1, 7, 6])
+        >>> q, k, v = causal_conv1d(x, torch.randn(6, 4), split_sizes=[2, 2, 2], backend="torch")
+        >>> q.shape, q.is_contiguous()
+        (torch.Size([1, 7, 2]), True)
     """
     kind = conv_backend(backend, x.device, with_states=initial_state is not None or output_final_state)
     if chunk_indices is not None:
         check_chunk_indices(chunk_indices, cu_seqlens, kind)
     trusted = chunk_indices is not None and cu_seqlens_cpu is None
     host_offsets = _check_inputs(x, weight, bias, activation, initial_state, cu_seqlens, cu_seqlens_cpu, trusted)
+    if split_sizes is not None:
+        split_sizes = _check_split_sizes(split_sizes, x.shape[-1])
     if kind == "torch":
         y, final = torch_backend.causal_conv1d(
             x, weight, bias, activation, initial_state, output_final_state, cu_seqlens
@@ -128,7 +139,7 @@ def causal_conv1d(
     elif kind == "triton":
         from padfree.ops.conv1d import triton_kernels
 
-        y, final = triton_kernels.causal_conv1d(x, weight, bias, activation, cu_seqlens), None
+        y, final = triton_kernels.causal_conv1d(x, weight, bias, activation, cu_seqlens, split_sizes), None
     elif kind == "fla":
         from padfree.ops.conv1d import fla_backend
 
@@ -137,6 +148,12 @@ def causal_conv1d(
         )
     else:
         raise ValueError(f"backend {kind!r} has no conv1d implementation; use one of {CONV_BACKENDS}.")
+    if split_sizes is not None and kind != "triton":
+        # Parts cut from the whole y. The copy is fine here: on CUDA "auto" picks these backends only with conv
+        # states (context parallelism), where FLA's gated delta rule copied strided q, k, v slices to contiguous
+        # anyway (its input_guard), so the copy moves rather than adds; otherwise they are the CPU and reference
+        # paths.
+        y = tuple(p.contiguous() for p in torch.split(y, split_sizes, dim=-1))
     return (y, final) if output_final_state else y
 
 
@@ -174,6 +191,20 @@ def _check_inputs(
             f"{'document' if cu_seqlens is not None else 'batch row'}), got {tuple(initial_state.shape)}."
         )
     return host_offsets
+
+
+def _check_split_sizes(split_sizes, D: int) -> tuple[int, ...]:
+    sizes = tuple(split_sizes)
+    if any(isinstance(d, bool) or not isinstance(d, (int, torch.SymInt)) for d in sizes):
+        raise ValueError(f"split_sizes must be ints (channels per part), got {sizes!r}; pass e.g. [Dq, Dk, Dv].")
+    if any(d <= 0 for d in sizes):
+        raise ValueError(f"split_sizes={list(sizes)} has a part of <= 0 channels; leave empty parts out.")
+    if sum(sizes) != D:
+        raise ValueError(
+            f"split_sizes={list(sizes)} sums to {sum(sizes)} but x has D = {D} channels; "
+            f"pass sizes that add up to {D}."
+        )
+    return sizes
 
 
 def _check_cu_seqlens(x, cu_seqlens, cu_seqlens_cpu, trusted: bool = False) -> tuple[int, tuple[int, ...] | None]:
