@@ -116,6 +116,7 @@ def _worker(rank: int, init_file: str, out_file: str):
                 json.dump(results, f)
     finally:
         dist.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def results(tmp_path_factory):
 def test_replayed_sharded_steps_train_what_eager_sharded_steps_train(results, spec):
     result = results[spec]
     assert result["captured"] and result["updates"] == len(LAYOUTS)  # steps 3.. ran as replays
-    assert max(result["documents"][:4]) > 1  # several documents per row, layouts that differ
+    assert all(docs > 1 for docs in result["documents"][:4])  # several documents per row, layouts that differ
     for i, (e, g) in enumerate(result["losses"]):
         assert abs(g - e) <= 2e-3 * abs(e), f"{spec}, step {i}: graphed loss {g:.5f} vs eager {e:.5f}"
     for name, diff, update in result["weights"]:
