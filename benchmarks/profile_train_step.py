@@ -58,8 +58,8 @@ def main():
                         help="under torchrun: ulysses, context or auto, optionally :collectives (ulysses:functional)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiles, autotuning)")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="run the step as padfree.CudaGraphTrainStep (also sharded, Ulysses): captured in the warm-up, then "
-                             "replayed; the kernel table is then the graph's kernels")  # fmt: skip
+                        help="run the step as padfree.CudaGraphTrainStep (also sharded, Ulysses): captured in the "
+                             "warm-up, then replayed; the kernel table is then the graph's kernels")  # fmt: skip
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="profile.txt", help="rank 0's table; under torchrun rank r > 0 writes OUT.rankR")
     parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")

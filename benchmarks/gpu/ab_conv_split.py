@@ -73,7 +73,8 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-        "shape": args.shape, "row_tokens": args.row_tokens, "median_step_ms": {k: round(v * 1e3, 2) for k, v in median.items()},
+        "shape": args.shape, "row_tokens": args.row_tokens,
+        "median_step_ms": {k: round(v * 1e3, 2) for k, v in median.items()},
         "tokens_per_s": {k: round(args.row_tokens / v) for k, v in median.items()},
         "split_vs_whole": round(median["whole"] / median["split"], 4),
         "step_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},

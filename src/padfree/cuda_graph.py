@@ -62,11 +62,6 @@ def check_graphable(
         _check_graphable_sp(sp)
     if device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device; the model is on {device}. Train with the eager step on CPU.")
-    if sp is not None and dist.get_backend(sp.group) != "nccl":
-        raise ValueError(
-            f"the captured sharded step needs NCCL collectives, but the sequence-parallel group runs on "
-            f"{dist.get_backend(sp.group)!r}; initialise torch.distributed with init_process_group('nccl')."
-        )
     if settings["compile_elementwise"]:
         raise ValueError("the captured step does not cover compile_elementwise=True; patch without it.")
     if not settings["fused_loss"]:
@@ -112,6 +107,11 @@ def _check_graphable_sp(sp) -> None:
         raise ValueError(
             f"the captured step needs collectives='c10d', got {sp.collectives!r} (PyTorch's functional collectives "
             "return tensor subclasses waited for on the host); patch with SequenceParallel(group, mode='ulysses')."
+        )
+    if dist.get_backend(sp.group) != "nccl":
+        raise ValueError(
+            f"the captured sharded step needs NCCL collectives, but the sequence-parallel group runs on "
+            f"{dist.get_backend(sp.group)!r}; initialise torch.distributed with init_process_group('nccl')."
         )
 
 

@@ -32,6 +32,7 @@ import torch
 
 from padfree.loss import causal_lm_loss, shift_labels
 from padfree.models.causal_lm import _NO_MASKS, PACKED_KWARG, _check_packed_row, _find_packed
+from padfree.parallel.shard import ShardedRow
 from padfree.varlen import PackedBatch, document_positions
 
 __all__ = [
@@ -132,11 +133,7 @@ class StaticRow:
         self.cu_seqlens = torch.zeros(max_docs + 2, dtype=torch.int32, device=device)
         self.chunk_indices = torch.zeros(chunk_slots(row_tokens, max_docs), 2, dtype=torch.int32, device=device)
         self.packed = PackedBatch(self.cu_seqlens, None, row_tokens, chunk_indices=self.chunk_indices)
-        self.sharded = None
-        if sp is not None:
-            from padfree.parallel.shard import ShardedRow
-
-            self.sharded = ShardedRow(sp, self.packed, None, self.start, self.end, None)
+        self.sharded = None if sp is None else ShardedRow(sp, self.packed, None, self.start, self.end, None)
 
     def fill(self, batch: dict) -> None:
         """Check `batch`, then copy it into the buffers, queued on the current stream (no host wait)."""

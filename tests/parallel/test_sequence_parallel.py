@@ -158,7 +158,6 @@ def test_bad_degree_fails_at_setup_with_the_degrees_that_work():
         resolve_modes(config, 2, "ring")
 
 
-
 def test_unknown_collectives_refused_before_any_compute():
     with pytest.raises(ValueError, match=r"collectives='nccl' is not one of \('c10d', 'functional'\)"):
         check_collectives("nccl")
