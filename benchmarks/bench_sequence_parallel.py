@@ -14,7 +14,11 @@ Stages (each writes JSON lines to --out as it finishes, so a cut-off run keeps w
    "mode[:collectives[:gdn_exchange]]" setups (ulysses:functional, ulysses::projections), timed in
    that order in one process; --rounds R times them all in turn R times (medians over all rounds,
    and each round's own ratios). --cuda-graph: every setup trains through padfree.CudaGraphTrainStep
-   (its warm-up steps include the eager step and the capture), the sharded ones with Ulysses only.
+   (its warm-up steps include the eager step and the capture), the sharded ones with Ulysses only;
+   a setup "SPEC@after" sums the gradients after the backward (overlap_grad_reduce=False), not during it.
+   --stream-timing (with --cuda-graph): each round's rows run back to back without a host sync per step, as a
+   training loop runs them, timed by CUDA events; otherwise each step is synced and timed alone, which also
+   counts its row's host preparation (more for the sharded setups' longer rows).
 3. longest row: doubling the row from --long-start tokens per GPU until a step runs out of memory,
    one GPU and P GPUs (--long-setups picks either).
 """
@@ -216,8 +220,29 @@ def graph_steps(model, optimizer, setups, rows, backend):
     for name, sp, tokens in setups:
         padfree.patch(model, backend=backend, sequence_parallel=sp)
         max_docs = max(row["cu_seq_lens_q"].numel() - 1 for part in rows[name] for row in part) + 4
-        steps[name] = CudaGraphTrainStep(model, optimizer, tokens, max_docs, eager_steps=1)
+        overlap = not name.endswith("@after")
+        steps[name] = CudaGraphTrainStep(model, optimizer, tokens, max_docs, eager_steps=1, overlap_grad_reduce=overlap)
     return steps
+
+
+def stream_timed(run, rows, device) -> list[float]:
+    """Each row's step time as a training loop sees it: the rows back to back with no host wait between them (a
+    captured step returns its loss on the device), so the host prepares the next row while the GPU runs this one.
+    The times are the GPU's, between CUDA events queued at each step's start; a host slower than the GPU shows as
+    the GPU waiting inside them. Their sum is checked against the wall time of the whole sequence."""
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(len(rows) + 1)]
+    sync(device)
+    start = time.perf_counter()
+    for mark, row in zip(marks, rows):
+        mark.record()
+        run(row)
+    marks[-1].record()
+    sync(device)
+    wall = time.perf_counter() - start
+    times = [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]
+    if sum(times) > wall * 1.001:
+        raise RuntimeError(f"event times sum to {sum(times):.4f} s, more than the {wall:.4f} s wall time")
+    return times
 
 
 def throughput(args, device, world):
@@ -227,7 +252,7 @@ def throughput(args, device, world):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda", capturable=args.cuda_graph)
     ddp = ddp_over(model, dist.group.WORLD) if args.grad_sync == "ddp" else None
     setups = [("1 GPU", None, args.tokens_per_gpu)] + [
-        (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m), args.tokens_per_gpu * world)
+        (f"{world} GPUs {m}", SequenceParallel.from_spec(dist.group.WORLD, m.split("@")[0]), args.tokens_per_gpu * world)
         for m in args.modes.split(",")
     ]
     rows = throughput_rows(args, setups, world)
@@ -257,12 +282,15 @@ def throughput(args, device, world):
                     step(name, sp, row)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)  # this setup's own peak (params, optimizer state)
-                for row in timed_rows:
-                    sync(device)
-                    start = time.perf_counter()
-                    step(name, sp, row)
-                    sync(device)
-                    step_s.append(time.perf_counter() - start)
+                if args.stream_timing and name in graphed:
+                    step_s = stream_timed(lambda row: step(name, sp, row), timed_rows, device)
+                else:
+                    for row in timed_rows:
+                        sync(device)
+                        start = time.perf_counter()
+                        step(name, sp, row)
+                        sync(device)
+                        step_s.append(time.perf_counter() - start)
             except Exception as error:  # record it (earlier rounds' steps stay in the record) and go on
                 traceback.print_exc()
                 result["error"] = f"round {round_index}: {type(error).__name__}: {str(error)[:300]}"
@@ -288,6 +316,7 @@ def throughput(args, device, world):
                                        for s, one_s in zip(r["round_median_s"], one["round_median_s"])]  # fmt: skip
     emit(args.out, {"stage": "throughput", "shape": args.shape, "checkpointing": args.checkpointing,
                     "rounds": args.rounds, "grad_sync": args.grad_sync, "cuda_graph": args.cuda_graph,
+                    "stream_timing": args.stream_timing,
                     "results": results})  # fmt: skip
     for graph_step in graphed.values():
         graph_step.close()  # before the group goes: see CudaGraphTrainStep.close
@@ -337,18 +366,27 @@ def main():
     parser.add_argument("--long-setups", default="single,sp", help="which longest-row searches: single (1 GPU), sp")
     parser.add_argument("--modes", default="ulysses,context",
                         help="sequence-parallel setups to compare: mode[:collectives[:gdn_exchange]], e.g. "
-                             "ulysses:functional, ulysses::projections (SequenceParallel.from_spec)")
+                             "ulysses:functional, ulysses::projections (SequenceParallel.from_spec); with --cuda-graph, "
+                             "SPEC@after sums the gradients after the backward instead of during it")
     parser.add_argument("--backend", default="auto", help="Gated DeltaNet kernels: auto, torch, fla")
     parser.add_argument("--grad-sync", choices=("reduce", "ddp"), default="reduce",
                         help="throughput stage, sharded setups: the gradients' sum over the group after the backward "
                              "(padfree.parallel.reduce_gradients) or during it (DDP with a summing comm hook)")
     parser.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="activation checkpointing in the throughput stage (both the 1-GPU and the sharded runs)")
+    parser.add_argument("--stream-timing", action="store_true",
+                        help="with --cuda-graph: time the captured setups' rows back to back, without a host sync "
+                             "per step (a training loop's view; CUDA events per step), instead of one synced step "
+                             "at a time (which also counts each row's host preparation)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="throughput stage: every setup through padfree.CudaGraphTrainStep (Ulysses setups only)")
     args = parser.parse_args()
     if args.cuda_graph and args.grad_sync == "ddp":
         parser.error("--cuda-graph sums the gradients inside the captured step; drop --grad-sync ddp")
+    if args.stream_timing and not args.cuda_graph:
+        parser.error("--stream-timing times captured steps (an eager step waits for its loss on the host); add --cuda-graph")
+    if "@" in args.modes and not (args.cuda_graph and all(m.partition("@")[2] in ("", "after") for m in args.modes.split(","))):
+        parser.error(f"--modes {args.modes}: the only suffix is @after, for --cuda-graph runs")
     if not set(args.long_setups.split(",")) <= {"single", "sp"}:
         parser.error(f"--long-setups {args.long_setups}: a comma list of single, sp")
     if torch.cuda.is_available():

@@ -37,3 +37,13 @@ def family(request) -> str:
 def tiny_model(family, tmp_path):
     """A tiny model of `family`, saved and reloaded through `from_pretrained`, fp32, eval mode."""
     return load_tiny_model(family, tmp_path / family)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-process gloo group (torch.distributed initialised for the test, torn down after it)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()

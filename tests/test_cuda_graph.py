@@ -145,15 +145,6 @@ def test_sharded_row_values_are_each_ranks_slice_as_shard_batch_cuts_it():
     assert first == batch["input_ids"][0, 36] != -100
 
 
-@pytest.fixture
-def one_rank_group(tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    yield dist.group.WORLD
-    dist.destroy_process_group()
-
-
 def test_graphed_step_refuses_sequence_parallelism_it_cannot_replay(tmp_path, one_rank_group):
     from padfree.parallel import SequenceParallel
 

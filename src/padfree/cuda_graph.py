@@ -25,8 +25,9 @@ rank captures the same sequence of them, and a replay runs them on the stream in
 Ulysses needs only the whole row's offsets on the device (it runs the ops on all T tokens of its
 heads), so its step fits a fixed-shape row. Context parallelism does not: it cuts each rank's
 documents on the host. The captured step sums the gradients over the sequence-parallel group
-before clipping (padfree.parallel.reduce_gradients, captured); data parallelism on top of it is
-not covered.
+during the backward, bucket by bucket as they complete (padfree.parallel.grad_reduce, captured
+with the backward; `overlap_grad_reduce=False`: after it, in the update graph); data parallelism
+on top of it is not covered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from padfree.loss import count_trained_tokens
+from padfree.parallel.grad_reduce import overlapped_grad_reduce
 from padfree.parallel.mesh import reduce_gradients
 from padfree.static_row import StaticRow, fla_tensor_cache_off, patched_settings, static_row_loss
 
@@ -148,13 +150,16 @@ class CudaGraphTrainStep:
 
     With a model patched for sequence parallelism (Ulysses), every rank of the group calls the step
     with the same whole row (padfree.collate(samples, pad_to=row_tokens)); each keeps its slice.
-    The loss returned is the row's, summed over the group; `update` first sums the gradients over
-    the group. `row_tokens` is the whole row's length, a multiple of the degree.
+    The loss returned is the row's, summed over the group. The gradients are summed over the group
+    during each row's backward (overlap_grad_reduce=True: every .grad becomes a view into flat
+    buffers, padfree.parallel.grad_reduce); with overlap_grad_reduce=False, at the start of `update`.
+    `row_tokens` is the whole row's length, a multiple of the degree.
     """
 
     def __init__(
         self, model, optimizer: torch.optim.Optimizer, row_tokens: int, max_docs: int, eager_steps: int = 1, *,
         autocast_dtype: torch.dtype | None = None, max_grad_norm: float | None = None,
+        overlap_grad_reduce: bool = True,
     ):  # fmt: skip
         device = next(model.parameters()).device
         check_graphable(model, optimizer, device, autocast_dtype)
@@ -168,6 +173,11 @@ class CudaGraphTrainStep:
         self.autocast_dtype, self.max_grad_norm = autocast_dtype, max_grad_norm
         self.sp = patched_settings(model)["sequence_parallel"]
         self.row = StaticRow(row_tokens, max_docs, device, self.sp)
+        # Under sequence parallelism: the gradient sum over the group runs during the backward, bucket by bucket
+        # (padfree.parallel.grad_reduce); overlap_grad_reduce=False sums after it, in the update graph.
+        use_overlap = self.sp is not None and overlap_grad_reduce
+        self.grad_reduce = overlapped_grad_reduce(model, self.sp.group) if use_overlap else None
+        self._rows_since_update = 0
         self.num_items = torch.ones((), dtype=torch.long, device=device)  # the loss's divisor, refilled per row
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.rows_graph: torch.cuda.CUDAGraph | None = None
@@ -187,7 +197,11 @@ class CudaGraphTrainStep:
                                   enabled=self.autocast_dtype is not None, cache_enabled=False)  # fmt: skip
         with autocast:
             loss = static_row_loss(self.model, self.row, self.num_items)
+        if self.grad_reduce is not None:
+            self.grad_reduce.arm()
         loss.backward()
+        if self.grad_reduce is not None:
+            self.grad_reduce.finish()
         loss = loss.detach()
         if self.sp is not None:  # this rank's share -> the row's loss, on every rank
             dist.all_reduce(loss, group=self.sp.group)
@@ -195,16 +209,17 @@ class CudaGraphTrainStep:
 
     def _update_body(self) -> torch.Tensor | None:
         norm = None
-        if self.sp is not None:  # each rank's backward covered its share of the loss: the gradient is the sum
-            reduce_gradients(self.model, self.sp.group)
+        if self.sp is not None and self.grad_reduce is None:  # each rank's backward covered its share of the loss
+            reduce_gradients(self.model, self.sp.group)  # the gradient is the sum
         if self.max_grad_norm is not None:
             with_grads = [p for p in self.params if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(with_grads, self.max_grad_norm, foreach=True)
         self.optimizer.step()
         # Zeroed in place, never freed: the captured backward accumulates into them. One multi-tensor kernel per
         # dtype instead of one fill per parameter (~300 at 0.8b: the profile's 405 fills took 1.3 ms of 129).
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:  # the foreach op refuses an empty list
+        if self.grad_reduce is not None:  # its flat buffers: one fill each
+            self.grad_reduce.zero_()
+        elif grads := [p.grad for p in self.params if p.grad is not None]:  # the foreach op refuses an empty list
             torch._foreach_zero_(grads)
         return norm
 
@@ -242,6 +257,8 @@ class CudaGraphTrainStep:
         self.row.fill(batch)
         count = num_items_in_batch if num_items_in_batch is not None else count_trained_tokens(batch["labels"])
         self.num_items.fill_(int(count))  # a 0-d fill from a host int: no wait (the loss clamps 0 to 1)
+        if self.grad_reduce is not None and self._rows_since_update:
+            self.grad_reduce.prescale()  # outside the graph: only rows after the first of an accumulation need it
         with fla_tensor_cache_off():
             if self.rows_graph is not None:
                 self.rows_graph.replay()
@@ -249,6 +266,7 @@ class CudaGraphTrainStep:
                 self._loss = self._eager(self._row_body)
             else:
                 self.rows_graph, self._loss = self._capture(self._row_body)
+        self._rows_since_update += 1
         return self._loss.clone()
 
     def update(self) -> torch.Tensor | None:
@@ -263,6 +281,7 @@ class CudaGraphTrainStep:
             self.update_graph, self._grad_norm = self._capture(self._update_body, pool)
             self._lr_at_capture = [group["lr"] for group in self.optimizer.param_groups]
         self.updates += 1
+        self._rows_since_update = 0
         return None if self._grad_norm is None else self._grad_norm.clone()
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import padfree.parallel.ulysses as ulysses
 from padfree.checkpointing import enable_checkpointing
 from padfree.loss import count_trained_tokens
 from padfree.parallel import SequenceParallel, gather_sequence, reduce_gradients, shard_batch
+from padfree.parallel.grad_reduce import OverlappedGradReduce
 from padfree.tiny import FAMILIES, load_tiny_model
 
 # Scenario name -> document lengths. Shard length = ceil(T / P); the comments are for P = 4.
@@ -134,6 +135,46 @@ def _check_gather(sp, results):
     results["gather_sequence"] = {"ok": bool(ok)}
 
 
+def _check_overlapped_reduce(model, sp):
+    """OverlappedGradReduce (the captured step's gradient sum) against the unsharded model: one row, then two rows
+    accumulated into one set of gradients (prescale before the second), each compared with the unsharded run's
+    gradient of the same loss. Small buckets, so several all-reduces run during the backward."""
+    rows = [padfree.collate(_samples(lengths, model.config.vocab_size, seed=20 + i))
+            for i, lengths in enumerate(([5, 9, 6], [3, 1, 12, 4]))]  # fmt: skip
+    trained = [int(count_trained_tokens(row["labels"])) for row in rows]
+    worst = {}
+    for name, used in (("one_row", rows[:1]), ("two_rows_accumulated", rows)):
+        count = sum(trained[: len(used)])
+        model.zero_grad(set_to_none=True)
+        padfree.patch(model, backend="torch", attention_backend="sdpa_per_doc")
+        for row in used:
+            model(**row, num_items_in_batch=count).loss.backward()
+        ref_grads = _grads(model)
+        padfree.patch(model, backend="torch", attention_backend="sdpa_per_doc", sequence_parallel=sp)
+        reduce = OverlappedGradReduce(model.parameters(), sp.group, bucket_mb=0.05)
+        reduce.zero_()
+        launched = []
+        for i, row in enumerate(used):
+            if i:
+                reduce.prescale()
+            reduce.arm()
+            model(**shard_batch(row, sp), num_items_in_batch=count).loss.backward()
+            launched.append(reduce.launched_during_backward)
+            reduce.finish()
+        in_buffers = all(
+            any(b.data_ptr() <= p.grad.data_ptr() < b.data_ptr() + b.numel() * b.element_size() for b in reduce.buffers)
+            for p in model.parameters()
+        )
+        errors = [(_rel(ref_grads[n], g), n) for n, g in _grads(model).items()]
+        reduce.remove()
+        worst[name] = {
+            "grad": max(errors)[0], "param": max(errors)[1], "params": len(errors), "reference_params": len(ref_grads),
+            "buckets": len(reduce.buckets), "launched_during_backward": launched, "grads_in_buffers": in_buffers,
+            "documents": [int(row["cu_seq_lens_q"].numel() - 1) for row in used],
+        }  # fmt: skip
+    return worst
+
+
 def run(rank: int, world: int, init_file: str, out_file: str):
     torch.set_num_threads(1)
     # Models first: save_pretrained writes only on rank 0 once torch.distributed is initialised.
@@ -141,6 +182,7 @@ def run(rank: int, world: int, init_file: str, out_file: str):
         models = {family: load_tiny_model(family, os.path.join(tmp, family)).train() for family in FAMILIES}
         few_heads = load_tiny_model("qwen3_5", os.path.join(tmp, "few"), **FEW_HEADS).train()
         checkpointed_model = load_tiny_model("qwen3_5", os.path.join(tmp, "ckpt")).train() if world == 2 else None
+        overlap_model = load_tiny_model("qwen3_5", os.path.join(tmp, "overlap")).train() if world == 2 else None
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     _count_summary_passes()
     _count_gdn_exchanges()
@@ -190,6 +232,8 @@ def run(rank: int, world: int, init_file: str, out_file: str):
                 results[f"qwen3_5/{mode}/activation_checkpointing"] = {
                     "loss": loss_err, "grad": grad_err, "param": where, "checkpointed": checkpointed,
                 }  # fmt: skip
+        if world == 2:
+            results["qwen3_5/ulysses/overlapped_grad_reduce"] = _check_overlapped_reduce(overlap_model, sp)
         if rank == 0:
             with open(out_file, "w") as f:
                 json.dump(results, f)

@@ -201,3 +201,17 @@ def test_ulysses_gdn_send_buffer_from_the_projection_weights(tmp_path, monkeypat
     torch.testing.assert_close(send, send_ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(grads, grads_ref):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["one_row", "two_rows_accumulated"])
+def test_overlapped_grad_reduce_equals_unsharded(results, case):
+    """padfree.parallel.grad_reduce (the captured step's gradient sum): the gradients, all-reduced bucket by bucket
+    during the sharded backward, equal the unsharded model's, also over two accumulated rows."""
+    result = results[2]["qwen3_5/ulysses/overlapped_grad_reduce"][case]
+    assert all(d > 1 for d in result["documents"]), result  # packed rows, several documents each
+    assert result["params"] == result["reference_params"] > 0, result
+    assert result["grads_in_buffers"], "every .grad must be a view into the flat buffers"
+    assert result["buckets"] > 3 and all(n > 0 for n in result["launched_during_backward"]), (
+        f"buckets must launch during the backward, not all at finish(): {result}"
+    )
+    assert result["grad"] <= BOUND, f"{case}: grad of {result['param']} rel error {result['grad']:.2e}. {WHY}"
