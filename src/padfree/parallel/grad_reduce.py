@@ -10,8 +10,8 @@ Here every `.grad` is a view into one flat buffer per dtype, installed before th
 accumulates into the views in place (it only allocates a gradient where `.grad` is None), so the buffer always
 holds the gradients and needs no copy either way. A bucket is a contiguous slice of the buffer; a
 post-accumulate-grad hook counts its gradients, and the last one launches its all-reduce. Measured against the sum
-after the backward, in the same processes: 0.852 / 0.880 / 0.876 against 0.845 / 0.873 / 0.868 of one GPU's
-throughput per GPU, each of the nine rounds ahead (three runs, 2x H200, 0.8B; docs/benchmarks.md, fifteenth session).
+after the backward, in the same processes: 0.852 and 0.880 against 0.845 and 0.873 of one GPU's throughput per
+GPU, each of the six rounds ahead (two runs, 2x H200, 0.8B; docs/benchmarks.md, fifteenth session).
 
 Why not DistributedDataParallel, which does the same: its reducer is prepared in its own forward, and the
 captured step (padfree.static_row_loss) calls the model's parts, not the wrapper; it averages where padfree's
