@@ -69,6 +69,8 @@ class OverlappedGradReduce:
         self._views: dict[torch.nn.Parameter, torch.Tensor] = {}
         self._bucket_of: dict[torch.nn.Parameter, int] = {}
         self._bucket_sizes: list[int] = []  # parameters per bucket
+        # One buffer per (device, dtype), bucket indices running on across them: a model of mixed dtypes launches the
+        # second buffer's buckets only after all of the first's (order before overlap); a bf16 model has one buffer.
         by_kind: dict[tuple, list] = {}
         for p in params:
             by_kind.setdefault((p.device, p.dtype), []).append(p)
@@ -95,8 +97,7 @@ class OverlappedGradReduce:
         self.install()
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
         self._armed = False
-        self._pending: list[int] = []
-        self._ready: list[bool] = []
+        self._pending: list[int] = []  # per bucket: its gradients not yet accumulated in this backward
         self._seen: set = set()  # parameters whose gradient this backward has accumulated
         self._next = 0  # the next bucket to launch
         self._works: list = []
@@ -120,13 +121,13 @@ class OverlappedGradReduce:
         if not (on_cuda and torch.cuda.is_current_stream_capturing()):  # a capture would record the reinstall
             self.install()
         self._pending = list(self._bucket_sizes)
-        self._ready = [False] * len(self.buckets)
         self._seen = set()
         self._next, self._works, self.launched_during_backward = 0, [], 0
         self._armed = True
 
-    def _launch_ready(self) -> None:
-        while self._next < len(self.buckets) and self._ready[self._next]:
+    def _launch_ready(self, everything: bool = False) -> None:
+        """Launch the buckets from the next one on while they are complete (all of them with `everything`)."""
+        while self._next < len(self.buckets) and (everything or self._pending[self._next] == 0):
             self._works.append(dist.all_reduce(self.buckets[self._next], group=self.group, async_op=True))
             self._next += 1
 
@@ -143,7 +144,6 @@ class OverlappedGradReduce:
         b = self._bucket_of[p]
         self._pending[b] -= 1
         if self._pending[b] == 0:
-            self._ready[b] = True
             before = self._next
             self._launch_ready()
             self.launched_during_backward += self._next - before
@@ -152,8 +152,7 @@ class OverlappedGradReduce:
         """Launch the buckets not launched yet, in order, and make the current stream wait for every all-reduce."""
         if not self._armed:
             raise RuntimeError("finish() without arm(): call arm() before the backward whose gradients it sums.")
-        self._ready = [True] * len(self.buckets)
-        self._launch_ready()
+        self._launch_ready(everything=True)
         for work in self._works:
             work.wait()
         self._works, self._armed = [], False
