@@ -46,21 +46,33 @@ SCENARIOS = {
 # Ulysses cannot run at 8 on the tiny models' heads; context parallelism runs at any degree. At 2 ranks both
 # also run on PyTorch's functional collectives (SequenceParallel(collectives="functional")), not the default c10d.
 # Ulysses' GDN layers of the tiny Qwen3.5 all-gather their inputs at 2 ranks and all-to-all their projections
-# at 4 by default (gdn_exchange="auto": P * hidden < C); each degree also runs the other way.
-MODES = {2: ("ulysses", "ulysses:functional", "ulysses::projections", "context", "context:functional"),
-         4: ("ulysses", "ulysses::inputs", "context"), 8: ("context",)}  # fmt: skip
+# at 4 by default (gdn_exchange="auto": P * hidden < C); each degree also runs the other way, and the
+# all-gather with the reduce-scatter of out_proj's shares ("gather_scatter", which "auto" takes where
+# P * hidden <= HV * V: not on the tiny model, whose hidden equals HV * V); the "gather_scatter" modes below
+# run it in the attention layers too (attention_exchange, the fourth field; "auto" takes it where
+# P * hidden <= heads * head_dim, again not on the tiny model).
+MODES = {2: ("ulysses", "ulysses:functional", "ulysses::projections", "ulysses::gather_scatter:gather_scatter",
+             "ulysses:functional:gather_scatter:gather_scatter", "context", "context:functional"),
+         4: ("ulysses", "ulysses::inputs", "ulysses::gather_scatter:gather_scatter", "context"),
+         8: ("context",)}  # fmt: skip
 FEW_HEADS = dict(num_attention_heads=2, num_key_value_heads=1, linear_num_key_heads=1, linear_num_value_heads=2)
 
 
 SUMMARY_PASSES = [0]
 # Ulysses GDN layer calls on this rank, by what they exchanged; "strided_conv_input": "inputs" calls whose
-# mixed_qkv (the conv's input) is not contiguous, which would make the conv copy it
-GDN_EXCHANGES = {"inputs": 0, "projections": 0, "strided_conv_input": 0}
+# mixed_qkv (the conv's input) is not contiguous, which would make the conv copy it; "gather_scatter": calls
+# that also reduce-scattered their output (they count as "inputs" too)
+GDN_EXCHANGES = {"inputs": 0, "projections": 0, "gather_scatter": 0, "strided_conv_input": 0}
+# Ulysses attention layer calls on this rank that took attention_exchange "gather_scatter"
+ATTENTION_GATHER_SCATTER = [0]
 
 
 def _count_gdn_exchanges():
     """Count Ulysses' GDN exchanges by kind (GDN_EXCHANGES): the tests check each mode took the path it names."""
-    for kind, name in (("inputs", "_gdn_row_from_inputs"), ("projections", "_gdn_send_buffer")):
+    for kind, name in (
+        ("inputs", "_gdn_row_from_inputs"), ("projections", "_gdn_send_buffer"),
+        ("gather_scatter", "_gdn_scattered_output"),
+    ):  # fmt: skip
         real = getattr(ulysses, name)
 
         def counted(*args, _real=real, _kind=kind, **kwargs):
@@ -71,6 +83,13 @@ def _count_gdn_exchanges():
             return out
 
         setattr(ulysses, name, counted)
+    real_attention = ulysses._attention_gather_scatter
+
+    def counted_attention(*args, **kwargs):
+        ATTENTION_GATHER_SCATTER[0] += 1
+        return real_attention(*args, **kwargs)
+
+    ulysses._attention_gather_scatter = counted_attention
 
 
 def _count_summary_passes():
@@ -196,9 +215,11 @@ def run(rank: int, world: int, init_file: str, out_file: str):
                 for mode in MODES[world]:
                     sp_mode = SequenceParallel.from_spec(dist.group.WORLD, mode)
                     SUMMARY_PASSES[0] = 0
-                    GDN_EXCHANGES.update(inputs=0, projections=0, strided_conv_input=0)
+                    GDN_EXCHANGES.update(inputs=0, projections=0, gather_scatter=0, strided_conv_input=0)
+                    ATTENTION_GATHER_SCATTER[0] = 0
                     loss_err, grad_err, where = _compare(model, batch, sp_mode)
-                    result = {"loss": loss_err, "grad": grad_err, "param": where, "gdn_exchanges": dict(GDN_EXCHANGES)}
+                    result = {"loss": loss_err, "grad": grad_err, "param": where, "gdn_exchanges": dict(GDN_EXCHANGES),
+                              "attention_gather_scatter": ATTENTION_GATHER_SCATTER[0]}  # fmt: skip
                     if mode == "context":
                         passes = [None] * world
                         dist.all_gather_object(passes, SUMMARY_PASSES[0])

@@ -98,8 +98,12 @@ EXCHANGED = [  # (world, family, mode, what its Ulysses GDN layers must have exc
     (2, "qwen3_5", "ulysses::projections", "projections"),
     (4, "qwen3_5", "ulysses", "projections"),  # 4 * hidden > C
     (4, "qwen3_5", "ulysses::inputs", "inputs"),
+    (2, "qwen3_5", "ulysses::gather_scatter:gather_scatter", "gather_scatter"),
+    (2, "qwen3_5", "ulysses:functional:gather_scatter:gather_scatter", "gather_scatter"),
+    (4, "qwen3_5", "ulysses::gather_scatter:gather_scatter", "gather_scatter"),
     (2, "qwen3_next", "ulysses", "projections"),  # its fused head-interleaved projection: no weight rows to take
     (4, "qwen3_next", "ulysses::inputs", "projections"),
+    (2, "qwen3_next", "ulysses::gather_scatter:gather_scatter", "projections"),
 ]
 
 
@@ -110,9 +114,18 @@ def test_ulysses_gdn_layers_exchange_what_the_setting_and_shapes_say(results, wo
     conv a contiguous input (a strided one costs the conv a copy)."""
     for scenario in sp_worker.SCENARIOS[world]:
         calls = results[world][f"{family}/{mode}/{scenario}"]["gdn_exchanges"]
-        other = "projections" if kind == "inputs" else "inputs"
-        assert calls[kind] > 0 and calls[other] == 0, f"{family}/{mode}/{scenario}: {calls}"
+        expected = {
+            "inputs": ("inputs",), "projections": ("projections",), "gather_scatter": ("inputs", "gather_scatter"),
+        }  # fmt: skip
+        for name in ("inputs", "projections", "gather_scatter"):  # a gather_scatter call also gathers ("inputs")
+            took = calls[name] > 0
+            assert took == (name in expected[kind]), f"{family}/{mode}/{scenario}: {calls}"
+        if kind == "gather_scatter":  # every layer that gathered also scattered
+            assert calls["inputs"] == calls["gather_scatter"], f"{family}/{mode}/{scenario}: {calls}"
         assert calls["strided_conv_input"] == 0, f"{family}/{mode}/{scenario}: {calls}"
+        # the attention layers' exchange: gather_scatter exactly where the spec's fourth field asks for it
+        attention = results[world][f"{family}/{mode}/{scenario}"]["attention_gather_scatter"]
+        assert (attention > 0) == mode.endswith(":gather_scatter:gather_scatter"), f"{family}/{mode}: {attention}"
 
 
 def test_sequence_parallel_spec_and_bad_gdn_exchange():
@@ -120,10 +133,14 @@ def test_sequence_parallel_spec_and_bad_gdn_exchange():
     assert (sp.mode, sp.collectives, sp.gdn_exchange) == ("ulysses", "c10d", "projections")
     sp = SequenceParallel.from_spec(None, "context:functional")
     assert (sp.mode, sp.collectives, sp.gdn_exchange) == ("context", "functional", "auto")
-    with pytest.raises(ValueError, match=r"gdn_exchange='all' is not one of \('auto', 'inputs', 'projections'\)"):
+    with pytest.raises(ValueError, match=r"gdn_exchange='all' is not one of \('auto', 'inputs', 'projections', 'gather_scatter'\)"):
         SequenceParallel(None, gdn_exchange="all")
-    with pytest.raises(ValueError, match="more than 3 fields"):
-        SequenceParallel.from_spec(None, "ulysses:c10d:inputs:x")
+    sp = SequenceParallel.from_spec(None, "ulysses:::gather_scatter")
+    assert (sp.gdn_exchange, sp.attention_exchange) == ("auto", "gather_scatter")
+    with pytest.raises(ValueError, match=r"attention_exchange='inputs' is not one of"):
+        SequenceParallel.from_spec(None, "ulysses:c10d:inputs:inputs")
+    with pytest.raises(ValueError, match="more than 4 fields"):
+        SequenceParallel.from_spec(None, "ulysses:c10d:inputs:projections:x")
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -84,17 +84,23 @@ def gated_deltanet_packed(module, hidden_1TC: torch.Tensor, packed: PackedBatch,
 
 def attention_qkv(module, hidden_1TC: torch.Tensor, position_embeddings):
     """(q [1, T, H, D] normed and rotated, k, v [1, T, HKV, D], output gate [1, T, H, D]) of an attention layer."""
-    T, D = hidden_1TC.shape[1], module.head_dim
-    q_gate = module.q_proj(hidden_1TC).view(1, T, -1, 2 * D)
-    q_1THD, gate_1THD = q_gate.chunk(2, dim=-1)
+    q_gate = module.q_proj(hidden_1TC)
+    return attention_heads(module, q_gate, module.k_proj(hidden_1TC), module.v_proj(hidden_1TC), position_embeddings)
+
+
+def attention_heads(module, q_gate_1TC, k_1TC, v_1TC, position_embeddings):
+    """attention_qkv from the projections' outputs [1, T, ...] (of some of the heads: sequence parallelism's
+    gather_scatter exchange projects its own, padfree.parallel.ulysses)."""
+    T, D = q_gate_1TC.shape[1], module.head_dim
+    q_1THD, gate_1THD = q_gate_1TC.view(1, T, -1, 2 * D).chunk(2, dim=-1)
     q_1THD = module.q_norm(q_1THD)
-    k_1THD = module.k_norm(module.k_proj(hidden_1TC).view(1, T, -1, D))
-    v_1THD = module.v_proj(hidden_1TC).view(1, T, -1, D)
+    k_1THD = module.k_norm(k_1TC.view(1, T, -1, D))
+    v_1THD = v_1TC.view(1, T, -1, D)
     # The family's own rotary function (partial rotary); unsqueeze_dim=2 for the [1, T, H, D] layout.
     apply_rotary_pos_emb = sys.modules[type(module).__module__].apply_rotary_pos_emb
     cos, sin = position_embeddings
     q_1THD, k_1THD = apply_rotary_pos_emb(q_1THD, k_1THD, cos, sin, unsqueeze_dim=2)
-    device_type = hidden_1TC.device.type
+    device_type = q_gate_1TC.device.type
     if torch.is_autocast_enabled(device_type):
         # fp32 rotary tables promote q and k back to fp32 while v stays in the autocast dtype; SDPA
         # (upstream's attention) is on autocast's cast-down list, so casting all three matches it.

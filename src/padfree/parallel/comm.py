@@ -1,7 +1,8 @@
 """Differentiable collectives over the sequence-parallel group, in the layouts the layers use.
 
-The backward of an all-to-all is the inverse all-to-all, of an all-gather a reduce-scatter; on NCCL
-and gloo alike. Two implementations, picked by `SequenceParallel(collectives=...)`:
+The backward of an all-to-all is the inverse all-to-all, of an all-gather a reduce-scatter and of a
+reduce-scatter an all-gather; on NCCL and gloo alike. Two implementations, picked by
+`SequenceParallel(collectives=...)`:
 - "c10d" (default): torch.distributed's plain ops inside padfree's autograd functions; they return
   plain tensors. In the 0.8b sp=2 step on 2x H200 they gave 5-22% more tokens/s than the functional
   collectives, in each of six same-process comparisons (docs/benchmarks.md, twelfth session).
@@ -23,6 +24,7 @@ COLLECTIVES = ("c10d", "functional")
 # Renamed between releases (torch 2.13 deprecates all_gather_into_tensor, reduce_scatter_tensor and
 # all_gather_tensor_autograd); the GPU machines run older releases than CI's.
 _funcol_all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+_funcol_reduce_scatter = getattr(funcol, "reduce_scatter_single_autograd", None) or funcol.reduce_scatter_tensor_autograd
 _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
@@ -73,6 +75,25 @@ class _AllGather(torch.autograd.Function):
         return out, None
 
 
+class _ReduceScatter(torch.autograd.Function):
+    """[P, ...] on every rank -> [...]: the sum over ranks of slot `rank`; backward: the all-gather of the
+    gradient (every rank's slot r fed rank r's sum with weight one)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        x = x.contiguous()
+        out = x.new_empty(x.shape[1:])
+        _reduce_scatter_flat(out.view(-1), x.view(-1), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = grad.new_empty(dist.get_world_size(ctx.group), *grad.shape)
+        _all_gather_flat(out.view(-1), grad.contiguous().view(-1), group=ctx.group)
+        return out, None
+
+
 def _all_to_all(send: torch.Tensor, group: dist.ProcessGroup, collectives: str) -> torch.Tensor:
     if collectives == "functional":
         return funcol.all_to_all_single_autograd(send, None, None, group)
@@ -114,6 +135,13 @@ def all_gather_stack(x: torch.Tensor, group: dist.ProcessGroup, collectives: str
         P = dist.get_world_size(group)
         return _ContiguousGrad.apply(_funcol_all_gather(x.contiguous(), 0, group).view(P, *x.shape))
     return _AllGather.apply(x, group)
+
+
+def reduce_scatter_sum(x_P: torch.Tensor, group: dist.ProcessGroup, collectives: str = "c10d") -> torch.Tensor:
+    """[P, ...] on every rank -> [...]: slot `rank` summed over the ranks (the inverse of all_gather_stack)."""
+    if collectives == "functional":
+        return _funcol_reduce_scatter(x_P.contiguous().flatten(0, 1), "sum", 0, group).view(x_P.shape[1:])
+    return _ReduceScatter.apply(x_P, group)
 
 
 def keep_in_graph(x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:

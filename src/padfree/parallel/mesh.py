@@ -30,8 +30,24 @@ LAYER_KINDS = ("attention", "gdn")
 #                 with its heads' weight rows: P * hidden / C of the bytes. Needs plain nn.Linear
 #                 projections (Qwen3.5); other layers (Qwen3-Next's fused projection, LoRA) exchange
 #                 projections;
-#   "auto"        "inputs" where it moves fewer bytes (P * hidden < C), else "projections".
-GDN_EXCHANGES = ("auto", "inputs", "projections")
+#   "gather_scatter" all-gathers the input like "inputs", and also projects z, runs the gated norm and
+#                 out_proj on the rank's heads over the whole row: out_proj's partial sums [T, hidden]
+#                 are reduce-scattered back to the tokens' ranks. No all-to-all and no transposing copy
+#                 of its result either way; the output moves P * hidden / (HV * V) of the all-to-all's
+#                 bytes. Needs plain nn.Linear z and out projections too (else as "auto").
+#   "auto"        "gather_scatter" where its output moves no more bytes (P * hidden <= HV * V), else
+#                 "inputs" where it moves fewer bytes (P * hidden < C), else "projections".
+GDN_EXCHANGES = ("auto", "inputs", "projections", "gather_scatter")
+# What Ulysses' attention layers exchange:
+#   "projections"    the projected q, k, v of the rank's heads (all-to-all), and the attention output back
+#                    (all-to-all, then a transposing copy into the tokens' layout);
+#   "gather_scatter" the layer's input (all-gather, with the rotary tables), which each rank projects with
+#                    its heads' weight rows; gate and o_proj run on its heads over the whole row, and
+#                    o_proj's partial sums are reduce-scattered back (as GDN's "gather_scatter"). Needs
+#                    plain nn.Linear q, k, v and o projections (else "projections");
+#   "auto"           "gather_scatter" where its output moves no more bytes (P * hidden <= heads * head_dim),
+#                    else "projections".
+ATTENTION_EXCHANGES = ("auto", "projections", "gather_scatter")
 
 
 def init_mesh(dp: int, sp: int, device_type: str = "cuda") -> DeviceMesh:
@@ -110,8 +126,10 @@ class SequenceParallel:
            sequence_parallel=...)` checks it against the model's heads and fixes `layer_modes`.
     collectives: "c10d" (default) or "functional": how the all-to-alls and all-gathers are called
            (padfree.parallel.comm says why the default).
-    gdn_exchange: "auto" (default), "inputs" or "projections": what Ulysses' Gated DeltaNet layers
-           exchange (GDN_EXCHANGES above).
+    gdn_exchange: "auto" (default), "inputs", "projections" or "gather_scatter": what Ulysses' Gated
+           DeltaNet layers exchange (GDN_EXCHANGES above).
+    attention_exchange: "auto" (default), "projections" or "gather_scatter": what Ulysses' attention
+           layers exchange (ATTENTION_EXCHANGES above).
     """
 
     group: DeviceMesh | dist.ProcessGroup
@@ -119,6 +137,7 @@ class SequenceParallel:
     layer_modes: dict[str, str] = field(default_factory=dict)
     collectives: str = "c10d"
     gdn_exchange: str = "auto"
+    attention_exchange: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.group, DeviceMesh):
@@ -130,17 +149,26 @@ class SequenceParallel:
         check_collectives(self.collectives)
         if self.gdn_exchange not in GDN_EXCHANGES:
             raise ValueError(f"gdn_exchange={self.gdn_exchange!r} is not one of {GDN_EXCHANGES}; pass one of those.")
+        if self.attention_exchange not in ATTENTION_EXCHANGES:
+            raise ValueError(
+                f"attention_exchange={self.attention_exchange!r} is not one of {ATTENTION_EXCHANGES}; pass one of those."
+            )
 
     @classmethod
     def from_spec(cls, group, spec: str) -> "SequenceParallel":
-        """From "mode[:collectives[:gdn_exchange]]" (e.g. "ulysses:functional", "ulysses::projections"), as
-        benchmarks and tests name setups; an empty field keeps its default."""
-        mode, collectives, gdn_exchange, *extra = spec.split(":") + ["", ""]
+        """From "mode[:collectives[:gdn_exchange[:attention_exchange]]]" (e.g. "ulysses:functional",
+        "ulysses::projections", "ulysses:::gather_scatter"), as benchmarks and tests name setups; an empty
+        field keeps its default."""
+        mode, collectives, gdn_exchange, attention_exchange, *extra = spec.split(":") + ["", "", ""]
         if any(extra):
             raise ValueError(
-                f"sequence-parallel spec {spec!r} has more than 3 fields; write mode[:collectives[:gdn_exchange]]."
+                f"sequence-parallel spec {spec!r} has more than 4 fields; write "
+                "mode[:collectives[:gdn_exchange[:attention_exchange]]]."
             )
-        return cls(group, mode=mode, collectives=collectives or "c10d", gdn_exchange=gdn_exchange or "auto")
+        return cls(
+            group, mode=mode, collectives=collectives or "c10d", gdn_exchange=gdn_exchange or "auto",
+            attention_exchange=attention_exchange or "auto",
+        )  # fmt: skip
 
     @property
     def size(self) -> int:

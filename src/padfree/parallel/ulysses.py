@@ -6,7 +6,10 @@ boundaries need nothing special), and turns the result back. Heads with fewer co
 (attention KV heads, GDN key heads) are replicated before the exchange; autograd sums the copies'
 gradients. Norms, gates and output projections stay on the local tokens; so do the input
 projections, except Gated DeltaNet's where it all-gathers its input instead (SequenceParallel's
-gdn_exchange).
+gdn_exchange). Both layer kinds may instead keep the whole layer on the head shard
+("gather_scatter"): all-gather the input, project, run and output-project the rank's heads over the
+whole row, and reduce-scatter the output projection's partial sums back to the tokens' ranks
+(gdn_exchange, attention_exchange).
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import functools
 import torch
 
 from padfree.models.layers import (
-    attention_output, attention_qkv, gdn_gate_inputs, gdn_output, gdn_projections,
+    attention_heads, attention_output, attention_qkv, gdn_gate_inputs, gdn_output, gdn_projections,
 )  # fmt: skip
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
-from padfree.parallel.comm import all_gather_stack, heads_to_seq, seq_to_heads
+from padfree.parallel.comm import all_gather_stack, heads_to_seq, reduce_scatter_sum, seq_to_heads
 from padfree.parallel.shard import ShardedRow
 
 
@@ -76,11 +79,18 @@ def _plain_projections(module) -> bool:
     return all(getattr(module, name, None) is not None and _plain_linear(getattr(module, name)) for name in names)
 
 
-def _gdn_exchange(setting: str, P: int, hidden: int, C: int, plain: bool) -> str:
-    """"inputs" or "projections" for SequenceParallel.gdn_exchange `setting` (padfree.parallel.mesh)."""
+def _gdn_exchange(setting: str, P: int, module, hidden: int, C: int) -> str:
+    """"inputs", "projections" or "gather_scatter" for SequenceParallel.gdn_exchange `setting`
+    (padfree.parallel.mesh says what each moves)."""
+    plain = _plain_projections(module)
+    scatter_ok = plain and _plain_linear(module.in_proj_z) and _plain_linear(module.out_proj)
+    if setting == "gather_scatter" and scatter_ok:
+        return setting
+    if setting == "auto" and scatter_ok and P * hidden <= module.num_v_heads * module.head_v_dim:
+        return "gather_scatter"
     if not plain:
         return "projections"
-    if setting == "auto":
+    if setting in ("auto", "gather_scatter"):
         return "inputs" if P * hidden < C else "projections"
     return setting
 
@@ -120,21 +130,51 @@ def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: i
     return local.index_select(1, order).unflatten(1, (P, -1)).transpose(0, 1).contiguous(), z_1THD
 
 
-def _gdn_row_from_inputs(module, hidden_1TC: torch.Tensor, channels: torch.Tensor, value_heads: slice, sp):
-    """(mixed_qkv [1, T, this rank's conv channels], b, a [1, T, its value heads]) over the whole row, from the
-    all-gathered input and this rank's rows of the projection weights. The same values as the all-to-all
-    of the projections, from P * hidden / C of the bytes (1/3 for Qwen3.5-0.8B at P = 2) and the same
-    matmul FLOPs: each rank projects all T tokens onto its C / P columns instead of its T / P tokens onto
-    all C. mixed_qkv gets its own matmul so it is contiguous: a slice of one [T, C / P] product made the
-    conv copy its strided input (0.23 ms a layer) and the slice's backward concatenate the gradients
-    (H200 profile, thirteenth session, docs/benchmarks.md). The all-gather's backward is the
+def _gathered_projections(hidden_1TC: torch.Tensor, weights: list[torch.Tensor], sp) -> list[torch.Tensor]:
+    """[x @ w.T for w in weights] ([1, T, ...] each), x [1, T, C] the all-gather of every rank's `hidden_1TC`: this
+    rank's projections of the whole row onto its weight rows. (A backward that ran the input gradient's
+    reduce-scatter beside the weight gradients overlapped them on the GPU but bought nothing measurable: 0.892
+    against 0.893 of the one-GPU throughput, 2x H200, sixteenth session, docs/benchmarks.md.)"""
+    x_1TC = all_gather_stack(hidden_1TC[0], sp.group, sp.collectives).flatten(0, 1)[None]
+    return [x_1TC @ w.T for w in weights]
+
+
+def _gdn_row_from_inputs(module, hidden_1TC: torch.Tensor, channels: torch.Tensor, value_heads: slice, sp, z: bool):
+    """(mixed_qkv [1, T, this rank's conv channels], b, a [1, T, its value heads], and with `z` its z [1, T, n * V])
+    over the whole row, from the all-gathered input and this rank's rows of the projection weights. The same
+    values as the all-to-all of the projections, from P * hidden / C of the bytes (1/3 for Qwen3.5-0.8B at
+    P = 2) and the same matmul FLOPs: each rank projects all T tokens onto its C / P columns instead of its
+    T / P tokens onto all C. mixed_qkv gets its own matmul so it is contiguous: a slice of one [T, C / P]
+    product made the conv copy its strided input (0.23 ms a layer) and the slice's backward concatenate the
+    gradients (H200 profile, thirteenth session, docs/benchmarks.md). The all-gather's backward is the
     reduce-scatter of the input's gradient; each rank's weight gradient covers its own rows only, and
     reduce_gradients (or FSDP) sums them over the group."""
-    x_1TC = all_gather_stack(hidden_1TC[0], sp.group, sp.collectives).flatten(0, 1)[None]
-    mixed_qkv = x_1TC @ module.in_proj_qkv.weight.index_select(0, channels).T
-    gates = torch.cat([module.in_proj_b.weight[value_heads], module.in_proj_a.weight[value_heads]])  # [2n, hidden]
-    b, a = (x_1TC @ gates.T).chunk(2, dim=-1)
-    return mixed_qkv, b, a
+    V = module.head_v_dim
+    weights = [
+        module.in_proj_qkv.weight.index_select(0, channels),
+        torch.cat([module.in_proj_b.weight[value_heads], module.in_proj_a.weight[value_heads]]),  # [2n, hidden]
+    ]
+    if z:
+        weights.append(module.in_proj_z.weight[value_heads.start * V : value_heads.stop * V])
+    mixed_qkv, gates, *z_1TC = _gathered_projections(hidden_1TC, weights, sp)
+    b, a = gates.chunk(2, dim=-1)
+    return mixed_qkv, b, a, *z_1TC
+
+
+def _gdn_scattered_output(module, o_1THD: torch.Tensor, z_1TC: torch.Tensor, value_heads: slice, sp) -> torch.Tensor:
+    """gdn_exchange "gather_scatter": [1, T_local, C] of the layer's output, from this rank's heads `o_1THD`
+    [1, T, n, V] over the whole row. z (projected from the all-gathered input with this rank's rows of
+    in_proj_z, by _gdn_row_from_inputs) and the gated norm are per head, so they run here; out_proj of this
+    rank's heads is this rank's share of every token's output ([T, hidden], its columns of the weight), and
+    the reduce-scatter sums the shares and hands each rank its tokens. What this replaces, the all-to-all of o back to the tokens' ranks, arrives
+    as [P, T_local, n * V] and took a transposing copy into [T_local, HV * V] each way (78 strided copies,
+    5.3 ms of a 258 ms sp=2 step, H200 profile, fifteenth session, docs/benchmarks.md). The weight
+    gradients cover this rank's rows of in_proj_z and columns of out_proj; the group's sum completes them."""
+    P, V = sp.size, module.head_v_dim
+    rows = slice(value_heads.start * V, value_heads.stop * V)
+    o = module.norm(o_1THD.reshape(-1, V), z_1TC.reshape(-1, V))
+    shares = o.reshape(-1, rows.stop - rows.start) @ module.out_proj.weight[:, rows].T  # [T, hidden]
+    return reduce_scatter_sum(shares.unflatten(0, (P, -1)), sp.group, sp.collectives)[None]
 
 
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
@@ -142,12 +182,14 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     P, r = sp.size, sp.rank
     H, HV = module.num_k_heads, module.num_v_heads
     order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
-    exchange = _gdn_exchange(sp.gdn_exchange, P, hidden_1TC.shape[-1], order.numel(), _plain_projections(module))
+    exchange = _gdn_exchange(sp.gdn_exchange, P, module, hidden_1TC.shape[-1], order.numel())
     value_heads = _heads_of_rank(r, P, HV)
     heads = slice(value_heads[0], value_heads[-1] + 1)
     n = len(value_heads)
-    if exchange == "inputs":
-        mixed_r, b_r, a_r = _gdn_row_from_inputs(module, hidden_1TC, conv[r], heads, sp)
+    if exchange == "gather_scatter":
+        mixed_r, b_r, a_r, z_r = _gdn_row_from_inputs(module, hidden_1TC, conv[r], heads, sp, z=True)
+    elif exchange == "inputs":
+        mixed_r, b_r, a_r = _gdn_row_from_inputs(module, hidden_1TC, conv[r], heads, sp, z=False)
         z_1THD = module.in_proj_z(hidden_1TC).unflatten(-1, (-1, module.head_v_dim))
     else:
         send_PTC, z_1THD = _gdn_send_buffer(module, hidden_1TC, order, P)
@@ -161,13 +203,59 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
         q, k, v, g, beta, cu_seqlens=row.packed.cu_seqlens, cu_seqlens_cpu=row.packed.cu_seqlens_host,
         chunk_indices=row.packed.chunk_indices, use_qk_l2norm_in_kernel=True, backend=backend,
     )  # fmt: skip
+    if exchange == "gather_scatter":
+        return _gdn_scattered_output(module, o_1THD, z_r, heads, sp)
     o_TPHD = heads_to_seq(o_1THD[0].flatten(1), sp.group, sp.collectives)  # [T_local, P, n * Dv]
     return gdn_output(module, o_TPHD.reshape(1, o_TPHD.shape[0], HV, -1), z_1THD)
+
+
+def _attention_exchange(setting: str, P: int, module, hidden: int) -> str:
+    """"projections" or "gather_scatter" for SequenceParallel.attention_exchange `setting` (padfree.parallel.mesh)."""
+    if not all(_plain_linear(getattr(module, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return "projections"
+    if setting == "auto":
+        return "gather_scatter" if P * hidden <= module.o_proj.in_features else "projections"
+    return setting
+
+
+def _attention_gather_scatter(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
+    """attention_exchange "gather_scatter": [1, T_local, C] of the layer's output. The input and the rotary
+    tables are all-gathered; this rank projects its query heads (with their output gates) and the KV heads they
+    read over the whole row from the weights' rows, attends, gates, and multiplies by its columns of o_proj:
+    its share of every token's output, which the reduce-scatter sums and hands back to the tokens' ranks. No
+    transposing copies (the all-to-alls' [P, T_local, ...] layouts took them, and the split K and V each a
+    contiguous copy); the weight gradients cover this rank's rows and columns, the group's sum completes them."""
+    sp = row.sp
+    P, r = sp.size, sp.rank
+    D = module.head_dim
+    H, HKV = module.o_proj.in_features // D, module.k_proj.out_features // D
+    heads, kv = _heads_of_rank(r, P, H), _heads_of_rank(r, P, HKV)
+    heads, kv = slice(heads[0], heads[-1] + 1), slice(kv[0], kv[-1] + 1)
+    weights = [
+        module.q_proj.weight[heads.start * 2 * D : heads.stop * 2 * D],  # per head: [q | gate]
+        module.k_proj.weight[kv.start * D : kv.stop * D],
+        module.v_proj.weight[kv.start * D : kv.stop * D],
+    ]
+    q_gate, k, v = _gathered_projections(hidden_1TC, weights, sp)
+    cos, sin = position_embeddings  # [1, T_local, rotary dims] each, no gradient: gathered as one buffer
+    cos_sin = all_gather_stack(torch.cat([cos[0], sin[0]], dim=-1), sp.group, sp.collectives).flatten(0, 1)[None]
+    q_1THD, k_1THD, v_1THD, gate_1THD = attention_heads(module, q_gate, k, v, cos_sin.chunk(2, dim=-1))
+    o_THD = varlen_attention(
+        q_1THD[0], k_1THD[0], v_1THD[0], row.packed.cu_seqlens, row.packed.max_seqlen,
+        scale=module.scaling, backend=backend, cu_seqlens_host=row.packed.cu_seqlens_host,
+        trust_offsets=row.packed.chunk_indices is not None,  # a fixed-shape row (padfree.static_row), checked on fill
+    )  # fmt: skip
+    T = o_THD.shape[0]
+    o_TC = o_THD.reshape(T, -1) * torch.sigmoid(gate_1THD.reshape(T, -1))
+    shares = o_TC @ module.o_proj.weight[:, heads.start * D : heads.stop * D].T  # [T, hidden]
+    return reduce_scatter_sum(shares.unflatten(0, (P, -1)), sp.group, sp.collectives)[None]
 
 
 def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
     sp = row.sp
     P = sp.size
+    if _attention_exchange(sp.attention_exchange, P, module, hidden_1TC.shape[-1]) == "gather_scatter":
+        return _attention_gather_scatter(module, hidden_1TC, position_embeddings, row, backend), None
     q_1THD, k_1THD, v_1THD, gate_1THD = attention_qkv(module, hidden_1TC, position_embeddings)
     HKV = k_1THD.shape[2]
     if P > HKV:  # replicate: rank r reads KV head r // (P // HKV), the one its query heads share
