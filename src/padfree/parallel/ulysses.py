@@ -139,6 +139,14 @@ def _gathered_projections(hidden_1TC: torch.Tensor, weights: list[torch.Tensor],
     return [x_1TC @ w.T for w in weights]
 
 
+def _scattered_projection(x_TC: torch.Tensor, weight_columns: torch.Tensor, sp) -> torch.Tensor:
+    """[1, T_local, hidden]: x [T, k] of this rank's heads over the whole row, times its columns of an output
+    projection ([hidden, k]) -> its share of every token's output, summed over the ranks by the reduce-scatter
+    and handed to the tokens' ranks (the gather_scatter exchange's way back; _gathered_projections' mirror)."""
+    shares = x_TC @ weight_columns.T  # [T, hidden]
+    return reduce_scatter_sum(shares.unflatten(0, (sp.size, -1)), sp.group, sp.collectives)[None]
+
+
 def _gdn_row_from_inputs(module, hidden_1TC: torch.Tensor, channels: torch.Tensor, value_heads: slice, sp, z: bool):
     """(mixed_qkv [1, T, this rank's conv channels], b, a [1, T, its value heads], and with `z` its z [1, T, n * V])
     over the whole row, from the all-gathered input and this rank's rows of the projection weights. The same
@@ -170,11 +178,10 @@ def _gdn_scattered_output(module, o_1THD: torch.Tensor, z_1TC: torch.Tensor, val
     as [P, T_local, n * V] and took a transposing copy into [T_local, HV * V] each way (78 strided copies,
     5.3 ms of a 258 ms sp=2 step, H200 profile, fifteenth session, docs/benchmarks.md). The weight
     gradients cover this rank's rows of in_proj_z and columns of out_proj; the group's sum completes them."""
-    P, V = sp.size, module.head_v_dim
-    rows = slice(value_heads.start * V, value_heads.stop * V)
+    V = module.head_v_dim
+    columns = slice(value_heads.start * V, value_heads.stop * V)
     o = module.norm(o_1THD.reshape(-1, V), z_1TC.reshape(-1, V))
-    shares = o.reshape(-1, rows.stop - rows.start) @ module.out_proj.weight[:, rows].T  # [T, hidden]
-    return reduce_scatter_sum(shares.unflatten(0, (P, -1)), sp.group, sp.collectives)[None]
+    return _scattered_projection(o.reshape(-1, columns.stop - columns.start), module.out_proj.weight[:, columns], sp)
 
 
 def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, backend: str) -> torch.Tensor:
@@ -247,8 +254,7 @@ def _attention_gather_scatter(module, hidden_1TC, position_embeddings, row: Shar
     )  # fmt: skip
     T = o_THD.shape[0]
     o_TC = o_THD.reshape(T, -1) * torch.sigmoid(gate_1THD.reshape(T, -1))
-    shares = o_TC @ module.o_proj.weight[:, heads.start * D : heads.stop * D].T  # [T, hidden]
-    return reduce_scatter_sum(shares.unflatten(0, (P, -1)), sp.group, sp.collectives)[None]
+    return _scattered_projection(o_TC, module.o_proj.weight[:, heads.start * D : heads.stop * D], sp)
 
 
 def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
