@@ -150,7 +150,7 @@ def test_graphed_step_refuses_sequence_parallelism_it_cannot_replay(tmp_path, on
 
     refusals = {
         "context": "Ulysses only, but the attention and gdn layers were patched for context",
-        "ulysses:functional": "needs collectives='c10d', got 'functional'",
+        "ulysses:functional": "needs collectives='c10d' or 'symmetric_memory', got 'functional'",
         "ulysses": "needs NCCL collectives, but the sequence-parallel group runs on 'gloo'",
     }
     for spec, message in refusals.items():

@@ -214,6 +214,19 @@ def test_cuda_graph_that_cannot_run_here(tmp_path, capsys, flags, message):
     assert message in err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--sp-degree", "2", "--sp-collectives", "symmetric_memory", "--device", "cpu"], "needs --sp-degree > 1 and --device cuda"),
+        (["--sp-collectives", "symmetric_memory"], "needs --sp-degree > 1 and --device cuda"),
+    ],
+)
+def test_sp_collectives_that_cannot_run_here(tmp_path, capsys, flags, message):
+    """Symmetric memory needs CUDA GPUs splitting rows: refused, with the fix, before any process group or file."""
+    err = run_error(capsys, [*flags, "--max-tokens", "256", "--output-dir", str(tmp_path / "out")])
+    assert message in err and not (tmp_path / "out").exists()
+
+
 def test_resume_cannot_switch_cuda_graph(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--max-tokens", "256", "--max-steps", "2", "--save-every", "1", "--output-dir", str(out)]) == 0

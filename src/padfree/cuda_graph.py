@@ -16,7 +16,7 @@ zeroing the gradients in place (`update`). Requirements, each checked before any
 - a dense model: an MoE layer sizes its work per expert on the host;
 - no torch.compile of the norms; autocast only through `autocast_dtype=` (captured without its
   weight-cast cache), not from an enclosing autocast region;
-- sequence parallelism only as Ulysses on c10d collectives over NCCL (see below).
+- sequence parallelism only as Ulysses on c10d (or symmetric-memory) collectives over NCCL (see below).
 
 Sequence parallelism: a sharded step launches more kernels per GPU than an unsharded one (the
 exchanges, their copies), and each collective waits for the slowest rank's host, so the eager step
@@ -105,10 +105,11 @@ def _check_graphable_sp(sp) -> None:
             f"SequenceParallel(group, mode='ulysses') (it needs the degree to divide the heads), or train with the "
             f"eager step."
         )
-    if sp.collectives != "c10d":
+    if sp.collectives == "functional":
         raise ValueError(
-            f"the captured step needs collectives='c10d', got {sp.collectives!r} (PyTorch's functional collectives "
-            "return tensor subclasses waited for on the host); patch with SequenceParallel(group, mode='ulysses')."
+            "the captured step needs collectives='c10d' or 'symmetric_memory', got 'functional' (PyTorch's functional "
+            "collectives return tensor subclasses waited for on the host); patch with SequenceParallel(group, "
+            "mode='ulysses')."
         )
     if dist.get_backend(sp.group) != "nccl":
         raise ValueError(

@@ -7,7 +7,8 @@ forward, reduce_gradients, AdamW), one with padfree.CudaGraphTrainStep, on the s
 document layouts (the first is the capture row; a replay that kept its offsets would differ on the others).
 Setups: Ulysses with the default GDN exchange (all-gathers the input at 2 ranks); the projections' all-to-all under
 activation checkpointing; the all-gather with the reduce-scatter of out_proj's shares (gather_scatter) under
-activation checkpointing; two rows accumulated per optimizer step (the gradient sum during each backward must not
+activation checkpointing; the same over symmetric memory (collectives="symmetric_memory": the all-gathers and
+reduce-scatters pipelined with their matmuls, padfree.parallel.fused); two rows accumulated per optimizer step (the gradient sum during each backward must not
 sum the first row's again: OverlappedGradReduce.prescale), with fp32 weights and bf16 autocast; the gradient sum
 after the backward (overlap_grad_reduce=False). Why fp32 weights for the accumulation: the two sides add the
 same four bf16 gradients in different orders (eager: each rank's two rows, then the ranks; captured: the ranks
@@ -54,6 +55,9 @@ SETUPS = {
     "ulysses::projections, checkpointing": ("ulysses::projections", True, True, 1, torch.bfloat16),
     "ulysses::gather_scatter:gather_scatter, checkpointing": (
         "ulysses::gather_scatter:gather_scatter", True, True, 1, torch.bfloat16
+    ),
+    "ulysses:symmetric_memory:gather_scatter:gather_scatter": (
+        "ulysses:symmetric_memory:gather_scatter:gather_scatter", False, True, 1, torch.bfloat16
     ),
     "ulysses, 2 rows per step, fp32 weights": ("ulysses", False, True, 2, torch.float32),
     "ulysses, sum after the backward": ("ulysses", False, False, 1, torch.bfloat16),

@@ -176,8 +176,15 @@ def test_bad_degree_fails_at_setup_with_the_degrees_that_work():
 
 
 def test_unknown_collectives_refused_before_any_compute():
-    with pytest.raises(ValueError, match=r"collectives='nccl' is not one of \('c10d', 'functional'\)"):
+    with pytest.raises(ValueError, match=r"collectives='nccl' is not one of \('c10d', 'functional', 'symmetric_memory'\)"):
         check_collectives("nccl")
+
+
+def test_symmetric_memory_refused_on_a_gloo_group(one_rank_group):
+    """Symmetric memory needs CUDA GPUs on an NCCL group: on gloo it is refused when the settings are made, with the
+    reason and the fix."""
+    with pytest.raises(ValueError, match=r"collectives='symmetric_memory' cannot run here: .*Use collectives='c10d'"):
+        SequenceParallel(one_rank_group, mode="ulysses", collectives="symmetric_memory")
 
 
 @pytest.mark.parametrize("P", [2, 4])
@@ -232,3 +239,26 @@ def test_overlapped_grad_reduce_equals_unsharded(results, case):
         f"buckets must launch during the backward, not all at finish(): {result}"
     )
     assert result["grad"] <= BOUND, f"{case}: grad of {result['param']} rel error {result['grad']:.2e}. {WHY}"
+
+
+@pytest.mark.parametrize("collectives", ["c10d", "symmetric_memory"])
+@pytest.mark.parametrize("P", [2, 4])
+def test_auto_exchange_over_symmetric_memory_takes_gather_scatter(tmp_path, collectives, P):
+    """"auto" takes gather_scatter where its output moves no more bytes than the all-to-all, and over symmetric
+    memory whatever it moves (measured: its transfers run beside the matmuls there); the tiny Qwen3.5's hidden
+    equals its heads' width, so the byte rule alone never takes it at P >= 2."""
+    from types import SimpleNamespace
+
+    from padfree.parallel.ulysses import _attention_exchange, _gdn_exchange
+    from padfree.tiny import load_tiny_model
+
+    model = load_tiny_model("qwen3_5", tmp_path)
+    gdn = next(m for m in model.modules() if hasattr(m, "in_proj_qkv"))
+    attention = next(m for m in model.modules() if hasattr(m, "o_proj"))
+    hidden = model.config.hidden_size
+    assert P * hidden > gdn.num_v_heads * gdn.head_v_dim and P * hidden > attention.o_proj.in_features
+    sp = SimpleNamespace(collectives=collectives, size=P)
+    expected = "gather_scatter" if collectives == "symmetric_memory" else None
+    assert (_attention_exchange("auto", sp, attention, hidden) == "gather_scatter") == (expected is not None)
+    assert (_gdn_exchange("auto", sp, gdn, hidden, 10**9) == "gather_scatter") == (expected is not None)
+    assert _gdn_exchange("projections", sp, gdn, hidden, 10**9) == "projections"  # an explicit setting stays

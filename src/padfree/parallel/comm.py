@@ -9,6 +9,8 @@ reduce-scatter an all-gather; on NCCL and gloo alike. Two implementations, picke
 - "functional": PyTorch's functional collectives with autograd. Each returns a tensor subclass
   (AsyncCollectiveTensor), whose dispatch took 54 ms of host time in that Ulysses step (432 calls).
   Kept to compare against.
+- "symmetric_memory": as "c10d", except the gather_scatter exchange's all-gathers and reduce-scatters, which run
+  over PyTorch's symmetric memory pipelined with their matmuls (padfree.parallel.fused; CUDA, NVLink).
 Every rank must call them in the same order; the layers make sure each one's output reaches the
 loss on every rank, so the backward collectives run everywhere too.
 """
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed import _functional_collectives as funcol
 
-COLLECTIVES = ("c10d", "functional")
+COLLECTIVES = ("c10d", "functional", "symmetric_memory")
 
 # Renamed between releases (torch 2.13 deprecates all_gather_into_tensor, reduce_scatter_tensor and
 # all_gather_tensor_autograd); the GPU machines run older releases than CI's.

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from padfree.parallel.comm import check_collectives
+from padfree.parallel.fused import symmetric_memory_problem
 
 MODES = ("auto", "ulysses", "context")
 LAYER_KINDS = ("attention", "gdn")
@@ -35,8 +36,10 @@ LAYER_KINDS = ("attention", "gdn")
 #                 are reduce-scattered back to the tokens' ranks. No all-to-all and no transposing copy
 #                 of its result either way; the output moves P * hidden / (HV * V) of the all-to-all's
 #                 bytes. Needs plain nn.Linear z and out projections too (else as "auto").
-#   "auto"        "gather_scatter" where its output moves no more bytes (P * hidden <= HV * V), else
-#                 "inputs" where it moves fewer bytes (P * hidden < C), else "projections".
+#   "auto"        "gather_scatter" where its output moves no more bytes (P * hidden <= HV * V) or with
+#                 collectives="symmetric_memory" (its transfers run beside its matmuls there,
+#                 padfree.parallel.fused), else "inputs" where it moves fewer bytes (P * hidden < C), else
+#                 "projections".
 GDN_EXCHANGES = ("auto", "inputs", "projections", "gather_scatter")
 # What Ulysses' attention layers exchange:
 #   "projections"    the projected q, k, v of the rank's heads (all-to-all), and the attention output back
@@ -45,8 +48,8 @@ GDN_EXCHANGES = ("auto", "inputs", "projections", "gather_scatter")
 #                    its heads' weight rows; gate and o_proj run on its heads over the whole row, and
 #                    o_proj's partial sums are reduce-scattered back (as GDN's "gather_scatter"). Needs
 #                    plain nn.Linear q, k, v and o projections (else "projections");
-#   "auto"           "gather_scatter" where its output moves no more bytes (P * hidden <= heads * head_dim),
-#                    else "projections".
+#   "auto"           "gather_scatter" where its output moves no more bytes (P * hidden <= heads * head_dim) or
+#                    with collectives="symmetric_memory" (as GDN's), else "projections".
 ATTENTION_EXCHANGES = ("auto", "projections", "gather_scatter")
 
 
@@ -124,8 +127,9 @@ class SequenceParallel:
     group: the "sp" dimension of a DeviceMesh (`mesh["sp"]`) or a ProcessGroup.
     mode:  "auto", "ulysses" or "context" (module docstring). `padfree.patch(model,
            sequence_parallel=...)` checks it against the model's heads and fixes `layer_modes`.
-    collectives: "c10d" (default) or "functional": how the all-to-alls and all-gathers are called
-           (padfree.parallel.comm says why the default).
+    collectives: "c10d" (default), "functional" or "symmetric_memory": how the collectives are called
+           (padfree.parallel.comm says why the default; "symmetric_memory" fuses the gather_scatter exchange's
+           all-gathers and reduce-scatters with their matmuls over NVLink, padfree.parallel.fused).
     gdn_exchange: "auto" (default), "inputs", "projections" or "gather_scatter": what Ulysses' Gated
            DeltaNet layers exchange (GDN_EXCHANGES above).
     attention_exchange: "auto" (default), "projections" or "gather_scatter": what Ulysses' attention
@@ -147,6 +151,8 @@ class SequenceParallel:
         if self.mode not in MODES:
             raise ValueError(f"sequence-parallel mode {self.mode!r} is not one of {MODES}.")
         check_collectives(self.collectives)
+        if self.collectives == "symmetric_memory" and (problem := symmetric_memory_problem(self.group)):
+            raise ValueError(f"collectives='symmetric_memory' cannot run here: {problem}. Use collectives='c10d'.")
         if self.gdn_exchange not in GDN_EXCHANGES:
             raise ValueError(f"gdn_exchange={self.gdn_exchange!r} is not one of {GDN_EXCHANGES}; pass one of those.")
         if self.attention_exchange not in ATTENTION_EXCHANGES:

@@ -24,6 +24,7 @@ from padfree.models.layers import (
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
 from padfree.parallel.comm import all_gather_stack, heads_to_seq, reduce_scatter_sum, seq_to_heads
+from padfree.parallel.fused import gather_matmul, matmul_scatter
 from padfree.parallel.shard import ShardedRow
 
 
@@ -79,14 +80,24 @@ def _plain_projections(module) -> bool:
     return all(getattr(module, name, None) is not None and _plain_linear(getattr(module, name)) for name in names)
 
 
-def _gdn_exchange(setting: str, P: int, module, hidden: int, C: int) -> str:
+def _hidden_transfers(sp) -> bool:
+    """Whether "auto" may take gather_scatter whatever it moves: over symmetric memory its transfers run beside its
+    matmuls (padfree.parallel.fused), and it beat the all-to-alls where it moves more bytes than they do: the ~4B
+    shape at sp=2 (1.25x: 0.925 against 0.896 of the one-GPU throughput) and the 0.8B shape at sp=4 (2x: 0.851
+    against 0.824), 2x and 4x H200, docs/benchmarks.md, seventeenth session."""
+    return sp.collectives == "symmetric_memory"
+
+
+def _gdn_exchange(setting: str, sp, module, hidden: int, C: int) -> str:
     """"inputs", "projections" or "gather_scatter" for SequenceParallel.gdn_exchange `setting`
     (padfree.parallel.mesh says what each moves)."""
+    P = sp.size
     plain = _plain_projections(module)
     scatter_ok = plain and _plain_linear(module.in_proj_z) and _plain_linear(module.out_proj)
     if setting == "gather_scatter" and scatter_ok:
         return setting
-    if setting == "auto" and scatter_ok and P * hidden <= module.num_v_heads * module.head_v_dim:
+    fewer_bytes = P * hidden <= module.num_v_heads * module.head_v_dim
+    if setting == "auto" and scatter_ok and (fewer_bytes or _hidden_transfers(sp)):
         return "gather_scatter"
     if not plain:
         return "projections"
@@ -132,19 +143,25 @@ def _gdn_send_buffer(module, hidden_1TC: torch.Tensor, order: torch.Tensor, P: i
 
 def _gathered_projections(hidden_1TC: torch.Tensor, weights: list[torch.Tensor], sp) -> list[torch.Tensor]:
     """[x @ w.T for w in weights] ([1, T, ...] each), x [1, T, C] the all-gather of every rank's `hidden_1TC`: this
-    rank's projections of the whole row onto its weight rows. (A backward that ran the input gradient's
-    reduce-scatter beside the weight gradients overlapped them on the GPU but bought nothing measurable: 0.892
-    against 0.893 of the one-GPU throughput, 2x H200, sixteenth session, docs/benchmarks.md.)"""
-    x_1TC = all_gather_stack(hidden_1TC[0], sp.group, sp.collectives).flatten(0, 1)[None]
-    return [x_1TC @ w.T for w in weights]
+    rank's projections of the whole row onto its weight rows. One autograd function for the all-gather and the
+    products (padfree.parallel.fused), pipelined over symmetric memory with collectives="symmetric_memory"; the
+    functional collectives compose PyTorch's autograd all-gather with the matmuls instead. (A backward that ran the
+    input gradient's reduce-scatter beside the weight gradients overlapped them on the GPU but bought nothing
+    measurable: 0.892 against 0.893 of the one-GPU throughput, 2x H200, sixteenth session, docs/benchmarks.md.)"""
+    if sp.collectives == "functional":
+        x_1TC = all_gather_stack(hidden_1TC[0], sp.group, sp.collectives).flatten(0, 1)[None]
+        return [x_1TC @ w.T for w in weights]
+    return [y[None] for y in gather_matmul(hidden_1TC[0], weights, sp)]
 
 
 def _scattered_projection(x_TC: torch.Tensor, weight_columns: torch.Tensor, sp) -> torch.Tensor:
     """[1, T_local, hidden]: x [T, k] of this rank's heads over the whole row, times its columns of an output
     projection ([hidden, k]) -> its share of every token's output, summed over the ranks by the reduce-scatter
     and handed to the tokens' ranks (the gather_scatter exchange's way back; _gathered_projections' mirror)."""
-    shares = x_TC @ weight_columns.T  # [T, hidden]
-    return reduce_scatter_sum(shares.unflatten(0, (sp.size, -1)), sp.group, sp.collectives)[None]
+    if sp.collectives == "functional":
+        shares = x_TC @ weight_columns.T  # [T, hidden]
+        return reduce_scatter_sum(shares.unflatten(0, (sp.size, -1)), sp.group, sp.collectives)[None]
+    return matmul_scatter(x_TC, weight_columns, sp)[None]
 
 
 def _gdn_row_from_inputs(module, hidden_1TC: torch.Tensor, channels: torch.Tensor, value_heads: slice, sp, z: bool):
@@ -189,7 +206,7 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     P, r = sp.size, sp.rank
     H, HV = module.num_k_heads, module.num_v_heads
     order, conv = _gdn_channels(P, H, HV, module.head_k_dim, module.head_v_dim, hidden_1TC.device)
-    exchange = _gdn_exchange(sp.gdn_exchange, P, module, hidden_1TC.shape[-1], order.numel())
+    exchange = _gdn_exchange(sp.gdn_exchange, sp, module, hidden_1TC.shape[-1], order.numel())
     value_heads = _heads_of_rank(r, P, HV)
     heads = slice(value_heads[0], value_heads[-1] + 1)
     n = len(value_heads)
@@ -216,12 +233,13 @@ def gated_deltanet_ulysses(module, hidden_1TC: torch.Tensor, row: ShardedRow, ba
     return gdn_output(module, o_TPHD.reshape(1, o_TPHD.shape[0], HV, -1), z_1THD)
 
 
-def _attention_exchange(setting: str, P: int, module, hidden: int) -> str:
+def _attention_exchange(setting: str, sp, module, hidden: int) -> str:
     """"projections" or "gather_scatter" for SequenceParallel.attention_exchange `setting` (padfree.parallel.mesh)."""
     if not all(_plain_linear(getattr(module, name)) for name in ("q_proj", "k_proj", "v_proj", "o_proj")):
         return "projections"
     if setting == "auto":
-        return "gather_scatter" if P * hidden <= module.o_proj.in_features else "projections"
+        fewer_bytes = sp.size * hidden <= module.o_proj.in_features
+        return "gather_scatter" if fewer_bytes or _hidden_transfers(sp) else "projections"
     return setting
 
 
@@ -260,7 +278,7 @@ def _attention_gather_scatter(module, hidden_1TC, position_embeddings, row: Shar
 def attention_ulysses(module, hidden_1TC, position_embeddings, row: ShardedRow, backend: str):
     sp = row.sp
     P = sp.size
-    if _attention_exchange(sp.attention_exchange, P, module, hidden_1TC.shape[-1]) == "gather_scatter":
+    if _attention_exchange(sp.attention_exchange, sp, module, hidden_1TC.shape[-1]) == "gather_scatter":
         return _attention_gather_scatter(module, hidden_1TC, position_embeddings, row, backend), None
     q_1THD, k_1THD, v_1THD, gate_1THD = attention_qkv(module, hidden_1TC, position_embeddings)
     HKV = k_1THD.shape[2]

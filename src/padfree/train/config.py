@@ -20,6 +20,8 @@ from padfree.ops.attention import BACKENDS as ATTENTION_BACKENDS
 from padfree.loss_chunked import SOFTMAX_BACKENDS as LOSS_BACKENDS
 from padfree.models.fused import ELEMENTWISE_BACKENDS
 from padfree.parallel import MODES as SP_MODES
+
+SP_COLLECTIVES = ("c10d", "symmetric_memory")  # padfree.parallel.comm; "functional" is kept for comparisons only
 from padfree.train.checkpoint import find_checkpoint, read_saved_config
 from padfree.train.errors import TrainError
 
@@ -65,6 +67,9 @@ class TrainConfig:
     # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
     sp_degree: int = 1
     sp_mode: str = "auto"  # auto | ulysses | context (padfree.parallel)
+    # How the sequence-parallel layers communicate: c10d (NCCL or gloo) | symmetric_memory (CUDA GPUs of one machine
+    # that reach each other's memory, NVLink: the gather_scatter exchange's transfers pipelined with its matmuls).
+    sp_collectives: str = "c10d"
     lora_rank: int = 0  # > 0 trains LoRA adapters (needs peft) instead of all weights
     lora_alpha: float | None = None  # default: 2 * lora_rank
     save_every: int = 500  # optimizer steps between checkpoints (0: only at the end)
@@ -232,13 +237,19 @@ def validate(config: TrainConfig) -> None:
             "--cuda-graph does not cover sequence parallelism (--sp-degree > 1) in padfree train yet; drop one of "
             "them, or capture the sharded step in your own loop with padfree.CudaGraphTrainStep (Ulysses; README)."
         )
+    if config.sp_collectives == "symmetric_memory" and (config.device == "cpu" or config.sp_degree == 1):
+        raise TrainError(
+            "--sp-collectives symmetric_memory runs sequence parallelism over CUDA GPUs' shared memory: it needs "
+            "--sp-degree > 1 and --device cuda (or auto on a GPU machine); drop it, or pass --sp-collectives c10d."
+        )
     if not config.lr > 0:
         raise TrainError(f"--lr must be > 0, got {config.lr}.")
     if not 0 <= config.min_lr_ratio <= 1:
         raise TrainError(f"--min-lr-ratio must be in [0, 1], got {config.min_lr_ratio}.")
     choices_of = (("overlong", OVERLONG_POLICIES), ("dtype", TRAIN_DTYPES), ("device", DEVICES), ("backend", GDN_BACKENDS),
                   ("attention_backend", ATTENTION_BACKENDS), ("elementwise_backend", ELEMENTWISE_BACKENDS),
-                  ("loss_backend", LOSS_BACKENDS), ("sp_mode", SP_MODES))  # fmt: skip
+                  ("loss_backend", LOSS_BACKENDS), ("sp_mode", SP_MODES),
+                  ("sp_collectives", SP_COLLECTIVES))  # fmt: skip
     for key, choices in choices_of:
         if getattr(config, key) not in choices:
             flag = "--" + key.replace("_", "-")

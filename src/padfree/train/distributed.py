@@ -107,7 +107,7 @@ def check_world(sp_degree: int, world_size: int) -> None:
     )
 
 
-def setup(sp_degree: int, sp_mode: str, device: torch.device) -> Dist:
+def setup(sp_degree: int, sp_mode: str, device: torch.device, sp_collectives: str = "c10d") -> Dist:
     """The process group (gloo on CPU, NCCL on CUDA with device LOCAL_RANK) and the (dp, sp) mesh."""
     world_size, rank, local_rank = world_from_env()
     check_world(sp_degree, world_size)
@@ -125,7 +125,10 @@ def setup(sp_degree: int, sp_mode: str, device: torch.device) -> Dist:
     dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
     try:
         mesh = init_mesh(dp=world_size // sp_degree, sp=sp_degree, device_type=device.type)
-        sp = SequenceParallel(mesh["sp"], mode=sp_mode) if sp_degree > 1 else None
+        sp = SequenceParallel(mesh["sp"], mode=sp_mode, collectives=sp_collectives) if sp_degree > 1 else None
+    except ValueError as error:  # the settings refused on this group (SequenceParallel says why and the fix)
+        dist.destroy_process_group()
+        raise TrainError(f"--sp-degree {sp_degree} --sp-collectives {sp_collectives}: {error}") from None
     except BaseException:
         dist.destroy_process_group()
         raise

@@ -175,7 +175,7 @@ def train(
 
     # Phase 1: prepare in memory. Seeded first: LoRA's initial adapter weights draw from torch's RNG.
     torch.manual_seed(config.seed)
-    d = distributed.setup(config.sp_degree, config.sp_mode, resolve_device(config.device))
+    d = distributed.setup(config.sp_degree, config.sp_mode, resolve_device(config.device), config.sp_collectives)
     try:
         result = _train(config, resume_from, saved, out, d)
         distributed.finish(d)
