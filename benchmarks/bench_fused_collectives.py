@@ -23,39 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._symmetric_memory  # noqa: F401  registers torch.ops.symm_mem's fused ops
 
+from bench_collectives import time_calls  # this folder: the script's own, first on sys.path
 from padfree.parallel.fused import _matmul_then_scatter
-
-
-def _time(fn, iters: int, graph: bool) -> float | str:
-    """Microseconds per call (or the error's first line where capture failed)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(g):
-                for _ in range(iters):
-                    fn()
-        except Exception as error:  # a measurement script: report what capture says
-            return f"capture failed: {str(error).splitlines()[0][:200]}"
-        run = g.replay
-    else:
-        def run():
-            for _ in range(iters):
-                fn()
-    run()
-    torch.cuda.synchronize()
-    dist.barrier()
-    times = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / iters)
-    return round(min(times), 1)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -130,7 +99,7 @@ def main():
             for graph in (False, True):
                 mode = "graph" if graph else "eager"
                 for way, fn in ways.items():
-                    record["results"][f"{case} {way} {mode}_us"] = _time(fn, args.iters, graph)
+                    record["results"][f"{case} {way} {mode}_us"] = time_calls(fn, args.iters, graph, warmup=3)
     except Exception as error:  # a measurement script: report how far it got
         record["error"] = f"{type(error).__name__}: {str(error)[:500]}"
     if rank == 0:
