@@ -104,10 +104,13 @@ def _sequence_parallel(model) -> str:
 
     if not dist.is_available():
         return "unavailable (this PyTorch has no torch.distributed)"
+    from padfree.parallel.fused import symmetric_memory_on_this_machine
+
     backends = [name for name, ok in (("nccl", dist.is_nccl_available()), ("gloo", dist.is_gloo_available())) if ok]
     return (
         f"Ulysses at degrees {ulysses_degrees(model.config)}, context parallelism at any degree "
-        f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}"
+        f"(mode='auto' picks per layer kind); process-group backends: {', '.join(backends) or 'none'}; "
+        f"symmetric-memory collectives: {symmetric_memory_on_this_machine()}"
     )
 
 

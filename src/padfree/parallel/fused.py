@@ -46,6 +46,30 @@ def symmetric_memory_problem(group: dist.ProcessGroup) -> str | None:
     return None
 
 
+def symmetric_memory_on_this_machine() -> str:
+    """For `padfree check`: whether this machine's GPUs could run collectives="symmetric_memory" (every pair reaches
+    the other's memory, NCCL, PyTorch's fused ops), or why not. Whether the processes may share CUDA memory (some
+    containers forbid it) shows only when a run starts."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return "not available here: it needs 2 or more CUDA GPUs on one machine"
+    if not dist.is_available() or not dist.is_nccl_available():
+        return "not available here: it needs NCCL, which this PyTorch lacks"
+    n = torch.cuda.device_count()
+    apart = [(i, j) for i in range(n) for j in range(n) if i != j and not torch.cuda.can_device_access_peer(i, j)]
+    if apart:
+        return f"not available here: GPUs {apart[0][0]} and {apart[0][1]} cannot reach each other's memory (no NVLink/P2P)"
+    try:
+        importlib.import_module("torch.distributed._symmetric_memory")
+    except ImportError as error:
+        return f"not available here: this PyTorch has no symmetric memory ({error})"
+    if not hasattr(torch.ops.symm_mem, "fused_all_gather_matmul"):
+        return "not available here: this PyTorch has no torch.ops.symm_mem.fused_all_gather_matmul"
+    return (
+        f"available on these {n} GPUs: SequenceParallel(..., collectives='symmetric_memory') or padfree train "
+        "--sp-collectives symmetric_memory (the fastest sequence parallelism measured, docs/benchmarks.md)"
+    )
+
+
 # --- the two exchanges, NCCL/gloo (reference) and symmetric memory ----------------------------------------------
 
 
