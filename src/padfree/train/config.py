@@ -20,10 +20,10 @@ from padfree.ops.attention import BACKENDS as ATTENTION_BACKENDS
 from padfree.loss_chunked import SOFTMAX_BACKENDS as LOSS_BACKENDS
 from padfree.models.fused import ELEMENTWISE_BACKENDS
 from padfree.parallel import MODES as SP_MODES
-
-SP_COLLECTIVES = ("c10d", "symmetric_memory")  # padfree.parallel.comm; "functional" is kept for comparisons only
 from padfree.train.checkpoint import find_checkpoint, read_saved_config
 from padfree.train.errors import TrainError
+
+SP_COLLECTIVES = ("c10d", "symmetric_memory")  # padfree.parallel.comm; "functional" is kept for comparisons only
 
 OVERLONG_POLICIES = ("truncate", "drop", "error")
 DTYPES = ("auto", "float32", "bfloat16")  # what `padfree check` / `bench` run in
