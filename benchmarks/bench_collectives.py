@@ -73,6 +73,23 @@ def time_calls(fn, iters: int, graph: bool, warmup: int = 5) -> float | str:
     return round(min(times), 1)
 
 
+def start_nccl() -> int:
+    """This process's rank in a fresh NCCL group (torchrun's env), on the GPU LOCAL_RANK names."""
+    dist.init_process_group("nccl")
+    rank = dist.get_rank()
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    return rank
+
+
+def report(record: dict, out: str) -> None:
+    """Rank 0 prints `record` and appends it to `out` as one JSON line; then every rank leaves the group."""
+    if dist.get_rank() == 0:
+        print(json.dumps(record))
+        with open(out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    dist.destroy_process_group()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=16384, help="tokens per rank")
@@ -81,21 +98,15 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    dist.init_process_group("nccl")
-    rank = dist.get_rank()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    start_nccl()
     group = dist.group.WORLD
     results = {}
     for name, fn in _ops(group, args.tokens, args.hidden, args.bucket_mib).items():
         results[name] = {"eager_us": time_calls(fn, args.iters, graph=False), "graph_us": time_calls(fn, args.iters, graph=True)}
-    if rank == 0:
-        record = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name(),
-                  "world": dist.get_world_size(), "torch": torch.__version__, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-                  "results": results}  # fmt: skip
-        print(json.dumps(record))
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    dist.destroy_process_group()
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name(),
+              "world": dist.get_world_size(), "torch": torch.__version__, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+              "results": results}  # fmt: skip
+    report(record, args.out)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ and for the sum of three (the projections' backward). Rank 0 writes one JSON lin
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import torch
 import torch.distributed as dist
 import torch.distributed._symmetric_memory  # noqa: F401  registers torch.ops.symm_mem's fused ops
 
-from bench_collectives import time_calls  # this folder: the script's own, first on sys.path
+from bench_collectives import report, start_nccl, time_calls  # this folder: the script's own, first on sys.path
 from padfree.parallel.fused import _matmul_then_scatter
 
 
@@ -38,9 +36,7 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    dist.init_process_group("nccl")
-    rank = dist.get_rank()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    rank = start_nccl()
     group = dist.group.WORLD
     P = dist.get_world_size()
     name = group.group_name
@@ -102,11 +98,7 @@ def main():
                     record["results"][f"{case} {way} {mode}_us"] = time_calls(fn, args.iters, graph, warmup=3)
     except Exception as error:  # a measurement script: report how far it got
         record["error"] = f"{type(error).__name__}: {str(error)[:500]}"
-    if rank == 0:
-        print(json.dumps(record))
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    dist.destroy_process_group()
+    report(record, args.out)
 
 
 if __name__ == "__main__":

@@ -180,9 +180,9 @@ def test_unknown_collectives_refused_before_any_compute():
         check_collectives("nccl")
 
 
-def test_symmetric_memory_refused_on_a_gloo_group(one_rank_group):
-    """Symmetric memory needs CUDA GPUs on an NCCL group: on gloo it is refused when the settings are made, with the
-    reason and the fix."""
+def test_symmetric_memory_refused_without_cuda_or_nccl(one_rank_group):
+    """Symmetric memory needs CUDA GPUs on an NCCL group: on this gloo group (and, on CI, a machine without CUDA) it
+    is refused when the settings are made, with the reason and the fix."""
     with pytest.raises(ValueError, match=r"collectives='symmetric_memory' cannot run here: .*Use collectives='c10d'"):
         SequenceParallel(one_rank_group, mode="ulysses", collectives="symmetric_memory")
 

@@ -1,7 +1,7 @@
 """Differentiable collectives over the sequence-parallel group, in the layouts the layers use.
 
 The backward of an all-to-all is the inverse all-to-all, of an all-gather a reduce-scatter and of a
-reduce-scatter an all-gather; on NCCL and gloo alike. Two implementations, picked by
+reduce-scatter an all-gather; on NCCL and gloo alike. Three ways, picked by
 `SequenceParallel(collectives=...)`:
 - "c10d" (default): torch.distributed's plain ops inside padfree's autograd functions; they return
   plain tensors. In the 0.8b sp=2 step on 2x H200 they gave 5-22% more tokens/s than the functional
@@ -77,25 +77,6 @@ class _AllGather(torch.autograd.Function):
         return out, None
 
 
-class _ReduceScatter(torch.autograd.Function):
-    """[P, ...] on every rank -> [...]: the sum over ranks of slot `rank`; backward: the all-gather of the
-    gradient (every rank's slot r fed rank r's sum with weight one)."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        x = x.contiguous()
-        out = x.new_empty(x.shape[1:])
-        _reduce_scatter_flat(out.view(-1), x.view(-1), group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        out = grad.new_empty(dist.get_world_size(ctx.group), *grad.shape)
-        _all_gather_flat(out.view(-1), grad.contiguous().view(-1), group=ctx.group)
-        return out, None
-
-
 def _all_to_all(send: torch.Tensor, group: dist.ProcessGroup, collectives: str) -> torch.Tensor:
     if collectives == "functional":
         return funcol.all_to_all_single_autograd(send, None, None, group)
@@ -139,11 +120,11 @@ def all_gather_stack(x: torch.Tensor, group: dist.ProcessGroup, collectives: str
     return _AllGather.apply(x, group)
 
 
-def reduce_scatter_sum(x_P: torch.Tensor, group: dist.ProcessGroup, collectives: str = "c10d") -> torch.Tensor:
-    """[P, ...] on every rank -> [...]: slot `rank` summed over the ranks (the inverse of all_gather_stack)."""
-    if collectives == "functional":
-        return _funcol_reduce_scatter(x_P.contiguous().flatten(0, 1), "sum", 0, group).view(x_P.shape[1:])
-    return _ReduceScatter.apply(x_P, group)
+def functional_reduce_scatter_sum(x_P: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """[P, ...] on every rank -> [...]: slot `rank` summed over the ranks, through PyTorch's functional collectives
+    (collectives="functional"; c10d's and symmetric memory's reduce-scatter is padfree.parallel.fused's, with its
+    matmul)."""
+    return _funcol_reduce_scatter(x_P.contiguous().flatten(0, 1), "sum", 0, group).view(x_P.shape[1:])
 
 
 def keep_in_graph(x: torch.Tensor, *unused: torch.Tensor) -> torch.Tensor:

@@ -31,12 +31,8 @@ import torch.distributed as dist
 from padfree.parallel.comm import _all_gather_flat, _reduce_scatter_flat
 
 
-def symmetric_memory_problem(group: dist.ProcessGroup) -> str | None:
-    """Why collectives="symmetric_memory" cannot run on `group` (None when it can); checked before any compute."""
-    if not torch.cuda.is_available():
-        return "it needs CUDA GPUs, and this machine has none"
-    if dist.get_backend(group) != "nccl":
-        return f"it needs an NCCL process group on CUDA GPUs, and this group runs on {dist.get_backend(group)!r}"
+def _missing_fused_ops() -> str | None:
+    """Why this PyTorch cannot run the fused symmetric-memory ops (None when it can)."""
     try:
         importlib.import_module("torch.distributed._symmetric_memory")  # registers torch.ops.symm_mem
     except ImportError as error:
@@ -44,6 +40,15 @@ def symmetric_memory_problem(group: dist.ProcessGroup) -> str | None:
     if not hasattr(torch.ops.symm_mem, "fused_all_gather_matmul"):
         return "this PyTorch has no torch.ops.symm_mem.fused_all_gather_matmul (PyTorch >= 2.6 has it)"
     return None
+
+
+def symmetric_memory_problem(group: dist.ProcessGroup) -> str | None:
+    """Why collectives="symmetric_memory" cannot run on `group` (None when it can); checked before any compute."""
+    if not torch.cuda.is_available():
+        return "it needs CUDA GPUs, and this machine has none"
+    if dist.get_backend(group) != "nccl":
+        return f"it needs an NCCL process group on CUDA GPUs, and this group runs on {dist.get_backend(group)!r}"
+    return _missing_fused_ops()
 
 
 def symmetric_memory_on_this_machine() -> str:
@@ -58,12 +63,8 @@ def symmetric_memory_on_this_machine() -> str:
     apart = [(i, j) for i in range(n) for j in range(n) if i != j and not torch.cuda.can_device_access_peer(i, j)]
     if apart:
         return f"not available here: GPUs {apart[0][0]} and {apart[0][1]} cannot reach each other's memory (no NVLink/P2P)"
-    try:
-        importlib.import_module("torch.distributed._symmetric_memory")
-    except ImportError as error:
-        return f"not available here: this PyTorch has no symmetric memory ({error})"
-    if not hasattr(torch.ops.symm_mem, "fused_all_gather_matmul"):
-        return "not available here: this PyTorch has no torch.ops.symm_mem.fused_all_gather_matmul"
+    if problem := _missing_fused_ops():
+        return f"not available here: {problem}"
     return (
         f"available on these {n} GPUs: SequenceParallel(..., collectives='symmetric_memory') or padfree train "
         "--sp-collectives symmetric_memory (the fastest sequence parallelism measured, docs/benchmarks.md)"
@@ -77,10 +78,9 @@ def _gather_then_matmul(x_local: torch.Tensor, weights_T: list[torch.Tensor], gr
     """(the gathered [P * T_local, C] input, [gathered @ w_T for w_T in weights_T])."""
     if symmetric:
         importlib.import_module("torch.distributed._symmetric_memory")  # registers the op (a dict lookup once done)
-        gathered, outs = torch.ops.symm_mem.fused_all_gather_matmul(
+        return torch.ops.symm_mem.fused_all_gather_matmul(
             x_local.contiguous(), weights_T, 0, group.group_name, return_A=True
         )
-        return gathered, outs
     gathered = x_local.new_empty(dist.get_world_size(group) * x_local.shape[0], *x_local.shape[1:])
     _all_gather_flat(gathered.view(-1), x_local.contiguous().view(-1), group=group)
     return gathered, [gathered @ w_T for w_T in weights_T]

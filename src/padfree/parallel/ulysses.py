@@ -23,7 +23,7 @@ from padfree.models.layers import (
 )  # fmt: skip
 from padfree.ops.attention import varlen_attention
 from padfree.ops.gated_delta import chunk_gated_delta_rule
-from padfree.parallel.comm import all_gather_stack, heads_to_seq, reduce_scatter_sum, seq_to_heads
+from padfree.parallel.comm import all_gather_stack, functional_reduce_scatter_sum, heads_to_seq, seq_to_heads
 from padfree.parallel.fused import gather_matmul, matmul_scatter
 from padfree.parallel.shard import ShardedRow
 
@@ -160,7 +160,7 @@ def _scattered_projection(x_TC: torch.Tensor, weight_columns: torch.Tensor, sp) 
     and handed to the tokens' ranks (the gather_scatter exchange's way back; _gathered_projections' mirror)."""
     if sp.collectives == "functional":
         shares = x_TC @ weight_columns.T  # [T, hidden]
-        return reduce_scatter_sum(shares.unflatten(0, (sp.size, -1)), sp.group, sp.collectives)[None]
+        return functional_reduce_scatter_sum(shares.unflatten(0, (sp.size, -1)), sp.group)[None]
     return matmul_scatter(x_TC, weight_columns, sp)[None]
 
 
