@@ -65,8 +65,9 @@ def main():
     parser.add_argument("--trace", help="also write each rank's profiled step as a gzipped Chrome trace into this folder")
     parser.add_argument("--shapes", action="store_true",
                         help="also the ops with the most kernel time (CPU: host time) by input shapes, which tell the "
-                             "small aten kernels apart (eager steps only: a replayed CUDA graph has no ops); with "
-                             "--trace the trace also gets each op's Python call stack")
+                             "small aten kernels apart (eager steps only: a replayed CUDA graph has no ops), then "
+                             "the same ops by the Python lines that called them (a forward op's stack; a backward "
+                             "op's is the autograd node it ran in)")
     parser.add_argument("--python-profile", help="also run 3 steps under cProfile and write the Python functions "
                         "taking the host's time (by own time and by cumulative time) to this file")
     args = parser.parse_args()
@@ -134,7 +135,7 @@ def main():
         python_profile(step, device, args.python_profile)
     syncs = sync_sources(step) if cuda else collections.Counter()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=activities, record_shapes=args.shapes, with_stack=args.shapes and bool(args.trace)) as prof:
+    with profile(activities=activities, record_shapes=args.shapes, with_stack=args.shapes) as prof:
         step()
         synchronize(device)
     events = prof.key_averages()
@@ -167,6 +168,9 @@ def main():
         small.sort(key=time_of, reverse=True)
         lines += ["aten ops other than matmuls, by input shapes (--shapes): self ms, calls, op, input shapes"]
         lines += [f"{time_of(e) / 1e3:9.3f} {e.count:6d}  {e.key:28s} {e.input_shapes}" for e in small[:80]]
+        lines += ["the same ops by the Python lines that called them (--shapes): self ms, calls, op, input shapes, "
+                  "then the innermost lines of padfree, transformers or FLA"]
+        lines += by_caller(prof, time_of)
     text = "\n".join(lines)
     rank = 0 if sp is None else dist.get_rank()
     if rank == 0:
@@ -186,6 +190,39 @@ def main():
         if graph_step is not None:
             graph_step.close()  # before the group goes: see CudaGraphTrainStep.close
         dist.destroy_process_group()
+
+
+def by_caller(prof, time_of, rows: int = 60) -> list[str]:
+    """The non-matmul aten ops grouped by op, input shapes and caller: the innermost Python lines of padfree,
+    transformers or FLA above the op, or for a backward op run by autograd the node it ran in (MulBackward0).
+    Built from each event's parents (FunctionEvent.stack stays empty on torch 2.13 here)."""
+    keep = ("padfree/", "transformers/", "/fla/")
+    groups = collections.defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if not e.name.startswith("aten::") or e.name in MATMULS:
+            continue
+        parent, callers = e.cpu_parent, []
+        if parent is not None and parent.name.startswith("aten::"):
+            continue  # counted with the outermost aten op (copy_ inside to(), fill_ inside zeros)
+        while parent is not None and len(callers) < 3:
+            name = parent.name
+            if any(k in name for k in keep) or (name.endswith("Backward0") or name.endswith("Backward")) and "evaluate_function" not in name:
+                callers.append(name)
+            parent = parent.cpu_parent
+        group = groups[(e.name, str(e.input_shapes), tuple(callers))]
+        group[0] += time_of(e) if not e.cpu_children else _self_and_children(e, time_of)
+        group[1] += 1
+    ordered = sorted(groups.items(), key=lambda kv: kv[1][0], reverse=True)
+    out = []
+    for (name, shapes, callers), (t, n) in ordered[:rows]:
+        out.append(f"{t / 1e3:9.3f} {n:6d}  {name:24s} {shapes}")
+        out += [f"{'':18s}{c}" for c in callers or ["(no padfree, transformers or FLA frame)"]]
+    return out
+
+
+def _self_and_children(event, time_of) -> float:
+    """An aten op's time with the aten ops it called (to() -> _to_copy -> copy_): one line per outer op."""
+    return time_of(event) + sum(_self_and_children(c, time_of) for c in event.cpu_children)
 
 
 def python_profile(step, device, path: str, steps: int = 3) -> None:

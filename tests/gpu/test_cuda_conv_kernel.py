@@ -4,8 +4,10 @@ Skipped without CUDA. The oracle (padfree.ops.conv1d.naive: one F.conv1d per doc
 inputs, upcast. Bounds:
 - fp32 inputs: 1e-5 RMS-relative; only the order of the W-term sums differs (~1e-7).
 - bf16 inputs: the kernels accumulate in fp32 from the same bf16 values as the oracle, then round once to
-  the output's dtype: y and dx within 2^-8 (one bf16 rounding to nearest: at most 2^-8 relative); the fp32
-  weight's and bias's gradients, summed over all tokens in fp32 in another order, within 1e-4.
+  the output's dtype: y within 2^-8 (one bf16 rounding to nearest: at most 2^-8 relative). dx is rounded
+  twice, as PyTorch's own bf16 backward rounds it: dz = dy * silu'(z) is kept in bf16 between the backward's
+  two passes, then dx = sum_s w_s dz[t + s] is rounded: within 2^-7. The fp32 weight's and bias's gradients,
+  summed over all tokens in fp32 (from the fp32 dz) in another order, within 1e-4.
 Also: the kernels captured in a CUDA graph follow offsets that change between replays, empty documents at
 the row's end included (the fixed-shape rows of padfree.cuda_graph); and with `split_sizes` the forward writes
 its parts (q, k, v) itself and the backward takes their gradients, None for an unused part: the same values as
@@ -31,6 +33,15 @@ CASES = {  # lengths (0: an empty document), channels, width, bias, activation
     "width_3": ([9, 2, 50], 33, 3, True, "silu"),
     "many_documents": ([1, 2, 3, 1] * 60 + [300], 128, 4, True, "silu"),  # > one 128-offset block
 }
+
+
+def _bound(name: str, dtype: torch.dtype) -> tuple[float, str]:
+    """(RMS-relative bound, why) of one output against the fp32 oracle: the module docstring's bounds."""
+    if dtype == torch.bfloat16 and name == "y":
+        return 2.0**-8, "bf16 output: one rounding"
+    if dtype == torch.bfloat16 and name == "dx":
+        return 2.0**-7, "bf16 dx: two roundings (dz, then dx)"
+    return (1e-4 if dtype == torch.bfloat16 else 1e-5), "fp32 sums"
 
 
 def _offsets(lengths: list[int]) -> torch.Tensor:
@@ -70,9 +81,7 @@ def test_triton_conv_matches_the_oracle(case, dtype):
     ours = _ours(x, w, b, activation, cu, dy)
     names = ["y", "dx", "dweight", "dbias"][: len(ours)]
     for name, r, o in zip(names, reference, ours):
-        rounded_once = dtype == torch.bfloat16 and name in ("y", "dx")
-        bound = 2.0**-8 if rounded_once else (1e-4 if dtype == torch.bfloat16 else 1e-5)
-        assert_close(f"{case} {name}", r, o, bound, "bf16 output: one rounding" if rounded_once else "fp32 sums")
+        assert_close(f"{case} {name}", r, o, *_bound(name, dtype))
 
 
 SPLITS = {  # case -> split_sizes: widths off every block size (32, 64, 128), so blocks end inside parts
@@ -116,9 +125,7 @@ def test_triton_split_outputs_match_the_oracle_and_the_unsplit_call(case, dtype,
     reference = _reference(x, w, b, activation, cu, dy)
     names = ["y", "dx", "dweight", "dbias"][: len(ours)]
     for name, r, u, o in zip(names, reference, unsplit, ours):
-        rounded_once = dtype == torch.bfloat16 and name in ("y", "dx")
-        bound = 2.0**-8 if rounded_once else (1e-4 if dtype == torch.bfloat16 else 1e-5)
-        assert_close(f"{case} {name}", r, o, bound, "bf16 output: one rounding" if rounded_once else "fp32 sums")
+        assert_close(f"{case} {name}", r, o, *_bound(name, dtype))
         if name in ("y", "dx"):
             assert_close(f"{case} {name} (unsplit)", u, o, 0.0, "the same fp32 sums per element: exact")
         else:

@@ -18,6 +18,7 @@ import torch
 from padfree.ops.attention import varlen_attention
 from padfree.ops.conv1d import causal_conv1d
 from padfree.ops.gated_delta import chunk_gated_delta_rule, gdn_decay
+from padfree.ops.rotary import apply_rotary
 from padfree.varlen import PackedBatch
 
 
@@ -96,10 +97,11 @@ def attention_heads(module, q_gate_1TC, k_1TC, v_1TC, position_embeddings):
     q_1THD = module.q_norm(q_1THD)
     k_1THD = module.k_norm(k_1TC.view(1, T, -1, D))
     v_1THD = v_1TC.view(1, T, -1, D)
-    # The family's own rotary function (partial rotary); unsqueeze_dim=2 for the [1, T, H, D] layout.
+    # The family's rotary formula (partial rotary) for the [1, T, H, D] layout: padfree's fused Triton kernels on
+    # CUDA (same dtypes, constant cos/sin), else the family's own function (passed for that fallback).
     apply_rotary_pos_emb = sys.modules[type(module).__module__].apply_rotary_pos_emb
     cos, sin = position_embeddings
-    q_1THD, k_1THD = apply_rotary_pos_emb(q_1THD, k_1THD, cos, sin, unsqueeze_dim=2)
+    q_1THD, k_1THD = apply_rotary(q_1THD, k_1THD, cos, sin, apply_rotary_pos_emb)
     device_type = q_gate_1TC.device.type
     if torch.is_autocast_enabled(device_type):
         # fp32 rotary tables promote q and k back to fp32 while v stays in the autocast dtype; SDPA

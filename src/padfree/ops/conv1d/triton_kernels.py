@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-TILE_T = 64  # tokens per program; fixed (not tuned) so the per-tile weight-gradient buffer has a known size
+DZ_TILE_T = 64  # the dz pass's tokens per program; fixed (not tuned) so its weight-gradient buffer has a known size
 _OFFSETS_BLOCK = 128  # offsets scanned per step of _document_bounds
 _INT32_MAX: tl.constexpr = tl.constexpr(2**31 - 1)
 MAX_PARTS = 3  # output tensors one launch writes; more parts are cut from the whole y (causal_conv1d)
@@ -105,8 +105,16 @@ def _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W: tl.constex
     return z
 
 
-def _configs():
-    return [triton.Config({"BD": bd}, num_warps=warps) for bd, warps in ((32, 4), (64, 4), (128, 4), (128, 8))]
+# Tuning spaces, each holding the fastest configurations measured for its kernel on an H200 at the 0.8b row
+# (benchmarks/gpu/bench_conv_variants.py, docs/benchmarks.md, eighteenth session): up to 5x between configurations
+# of one kernel, the slow ones spilling registers. (tokens per program BT, channels BD, warps)
+_FORWARD_CONFIGS = ((16, 128, 4), (64, 128, 4), (16, 64, 2), (32, 128, 4), (64, 64, 2))
+_DZ_CONFIGS = ((DZ_TILE_T, 64, 2), (DZ_TILE_T, 32, 2), (DZ_TILE_T, 128, 4), (DZ_TILE_T, 64, 4))
+_DX_CONFIGS = ((16, 128, 4), (32, 128, 4), (32, 64, 2), (16, 64, 2), (64, 256, 8))
+
+
+def _configs(space):
+    return [triton.Config({"BT": bt, "BD": bd}, num_warps=warps) for bt, bd, warps in space]
 
 
 @triton.jit
@@ -182,14 +190,14 @@ def _backward_dx_kernel(
     for s in tl.static_range(W):
         out = o_t + s
         m = (m_t & (out < end))[:, None] & m_d[None, :]  # end <= T
-        g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
+        g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
         acc += g * _weight_column(weight, o_d, m_d, s, W)[None, :]
     p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
     tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
-def _tuned(kernel, key):
-    return triton.autotune(configs=_configs(), key=key)(kernel)
+def _tuned(kernel, space, key):
+    return triton.autotune(configs=_configs(space), key=key)(kernel)
 
 
 # Triton's interpreter (TRITON_INTERPRET=1, how these kernels were first debugged on a CPU) has no autotuner
@@ -198,15 +206,15 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRETED:
     _forward, _backward_dz, _backward_dx = _forward_kernel, _backward_dz_kernel, _backward_dx_kernel
 else:
-    _forward = _tuned(_forward_kernel, ["D", "W", "HAS_BIAS", "SILU"])
-    _backward_dz = _tuned(_backward_dz_kernel, ["D", "W", "HAS_BIAS", "SILU"])
-    _backward_dx = _tuned(_backward_dx_kernel, ["D", "W"])
-_FIXED = {"BD": 64} if _INTERPRETED else {}
+    _forward = _tuned(_forward_kernel, _FORWARD_CONFIGS, ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dz = _tuned(_backward_dz_kernel, _DZ_CONFIGS, ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dx = _tuned(_backward_dx_kernel, _DX_CONFIGS, ["D", "W"])
+_FIXED = {"BT": 64, "BD": 64} if _INTERPRETED else {}
 
 
 def _grid(L: int, widths: tuple[int, ...]):
     """(token tiles, channel blocks numbered part by part: see _tile)."""
-    return lambda meta: (triton.cdiv(L, TILE_T), sum(triton.cdiv(d, meta["BD"]) for d in widths))
+    return lambda meta: (triton.cdiv(L, meta["BT"]), sum(triton.cdiv(d, meta["BD"]) for d in widths))
 
 
 def _three(items: tuple, spare):
@@ -214,18 +222,64 @@ def _three(items: tuple, spare):
     return tuple(items) + (spare,) * (MAX_PARTS - len(items))
 
 
+def launch_forward(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, widths: tuple[int, ...], **meta):
+    """The forward's parts [L, d_i] of `widths`, computed by `kernel`: _forward (autotuned), or the raw kernel with
+    explicit meta-parameters BT, BD, num_warps (benchmarks/gpu/bench_conv_variants.py)."""
+    L, D = x_LD.shape
+    parts = tuple(torch.empty(L, d, device=x_LD.device, dtype=x_LD.dtype) for d in widths)
+    d0, d1 = _three(widths, 0)[:2]
+    kernel[_grid(L, widths)](
+        x_LD, weight, bias, cu_seqlens, *_three(parts, parts[0]), L, D, d0, d1, cu_seqlens.numel(),
+        W=weight.shape[1], BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, **meta,
+    )  # fmt: skip
+    return parts
+
+
+def launch_backward_dz(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, widths: tuple[int, ...], dparts,
+                       dz_dtype: torch.dtype, **meta):  # fmt: skip
+    """(dz [L, D] in dz_dtype, dweight's per-tile sums [tiles, D, W], dbias's [tiles, D] or None). The token tile
+    is DZ_TILE_T unless meta gives BT (the variants bench)."""
+    L, D = x_LD.shape
+    BT = meta.pop("BT", DZ_TILE_T)
+    W, tiles = weight.shape[1], triton.cdiv(L, BT)
+    dz_LD = torch.empty(L, D, device=x_LD.device, dtype=dz_dtype)
+    dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
+    db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
+    present = sum(1 << i for i, g in enumerate(dparts) if g is not None)
+    dys = tuple(x_LD if g is None else g.contiguous() for g in dparts)  # x_LD: a placeholder, never read
+    d0, d1 = _three(widths, 0)[:2]
+    kernel[_grid(L, widths)](
+        x_LD, weight, bias, cu_seqlens, *_three(dys, x_LD), dz_LD, dw_tiles, db_tiles, L, D, d0, d1,
+        cu_seqlens.numel(), W=W, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu,
+        DY_PARTS=present, **meta, **({} if isinstance(kernel, triton.runtime.Autotuner) else {"BT": BT}),
+    )  # fmt: skip
+    return dz_LD, dw_tiles, db_tiles
+
+
+def launch_backward_dx(kernel, weight, cu_seqlens, dz_LD, dx_dtype: torch.dtype, **meta):
+    L, D = dz_LD.shape
+    dx_LD = torch.empty(L, D, device=dz_LD.device, dtype=dx_dtype)
+    kernel[_grid(L, (D,))](
+        weight, cu_seqlens, dz_LD, dx_LD, L, D, cu_seqlens.numel(), W=weight.shape[1], BN=_OFFSETS_BLOCK, **meta
+    )  # fmt: skip
+    return dx_LD
+
+
+def _dz_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """dz between the backward's two passes: in a 16-bit x's own dtype, as PyTorch's autograd rounds the
+    activation's gradient before the conv's backward (upstream's eager path does the same), else fp32. Half
+    the bytes of an fp32 dz, written once and read W times: the two passes took 0.41 instead of 0.50 ms per
+    0.8b layer on an H200 (bench_conv_variants.py). The weight's gradient is summed from the fp32 dz before
+    the rounding."""
+    return x_dtype if x_dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 class _VarlenCausalConv1d(torch.autograd.Function):
     """x [L, D] -> its conv as parts [L, d_i] of `widths` (one part of width D: y itself), each contiguous."""
 
     @staticmethod
     def forward(ctx, x_LD, weight, bias, cu_seqlens, silu: bool, widths: tuple[int, ...]):
-        L, D = x_LD.shape
-        parts = tuple(torch.empty(L, d, device=x_LD.device, dtype=x_LD.dtype) for d in widths)
-        d0, d1 = _three(widths, 0)[:2]
-        _forward[_grid(L, widths)](
-            x_LD, weight, bias, cu_seqlens, *_three(parts, parts[0]), L, D, d0, d1, cu_seqlens.numel(),
-            W=weight.shape[1], BT=TILE_T, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, **_FIXED,
-        )  # fmt: skip
+        parts = launch_forward(_forward, x_LD, weight, bias, cu_seqlens, silu, widths, **_FIXED)
         ctx.save_for_backward(x_LD, weight, bias, cu_seqlens)
         ctx.silu, ctx.widths = silu, widths
         ctx.set_materialize_grads(False)  # an unused part's gradient stays None: the kernel reads it as zeros
@@ -236,24 +290,11 @@ class _VarlenCausalConv1d(torch.autograd.Function):
         x_LD, weight, bias, cu_seqlens = ctx.saved_tensors
         if all(g is None for g in dparts):
             return None, None, None, None, None, None
-        L, D = x_LD.shape
-        W, widths = weight.shape[1], ctx.widths
-        tiles = triton.cdiv(L, TILE_T)
-        dz_LD = torch.empty(L, D, device=x_LD.device, dtype=torch.float32)  # fp32: dx sums W of them
-        dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
-        db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
-        present = sum(1 << i for i, g in enumerate(dparts) if g is not None)
-        dys = tuple(x_LD if g is None else g.contiguous() for g in dparts)  # x_LD: a placeholder, never read
-        d0, d1 = _three(widths, 0)[:2]
-        _backward_dz[_grid(L, widths)](
-            x_LD, weight, bias, cu_seqlens, *_three(dys, x_LD), dz_LD, dw_tiles, db_tiles, L, D, d0, d1,
-            cu_seqlens.numel(), W=W, BT=TILE_T, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=ctx.silu,
-            DY_PARTS=present, **_FIXED,
+        dz_LD, dw_tiles, db_tiles = launch_backward_dz(
+            _backward_dz, x_LD, weight, bias, cu_seqlens, ctx.silu, ctx.widths, dparts, _dz_dtype(x_LD.dtype),
+            **{k: v for k, v in _FIXED.items() if k != "BT"},  # its tile is DZ_TILE_T
         )  # fmt: skip
-        dx_LD = torch.empty_like(x_LD)
-        _backward_dx[_grid(L, (D,))](
-            weight, cu_seqlens, dz_LD, dx_LD, L, D, cu_seqlens.numel(), W=W, BT=TILE_T, BN=_OFFSETS_BLOCK, **_FIXED
-        )  # fmt: skip
+        dx_LD = launch_backward_dx(_backward_dx, weight, cu_seqlens, dz_LD, x_LD.dtype, **_FIXED)
         dweight = dw_tiles.sum(0).to(weight.dtype)
         dbias = db_tiles.sum(0).to(bias.dtype) if bias is not None else None
         return dx_LD, dweight, dbias, None, None, None
