@@ -4,7 +4,8 @@ Why written here rather than taken from FLA: FLA 0.6's backward (`causal_conv1d_
 Qwen3.5-0.8B layer on an H100 (8,192 tokens x 6,144 channels, bf16), 5x its forward, after a second forward
 that recomputes the pre-activation into a new [T, D] tensor: 11 ms of a 129 ms training step
 (benchmarks/profile_train_step.py --cuda-graph, 2026-11-27). The backward here is two memory-bound passes:
-dz = dy * act'(z) with z recomputed in registers (plus the weight's gradient per tile), then dx from dz.
+dz = dy * act'(z) with z recomputed in registers (plus the weight's gradient, summed over each program's
+tokens in registers), then dx from dz.
 A first version fused both into one kernel that recomputed z at each of the W shifts (W x W loads per tile
 and four live fp32 tiles); in the 0.8b training step it ran no faster than FLA's.
 
@@ -15,7 +16,7 @@ documents (repeated offsets, as a fixed-shape row ends) select nothing.
 
 Covered: weight [D, W], optional bias, activation None or silu, no initial or final state (those stay with
 FLA's kernel). Accumulation in fp32; y and dx in x's dtype, dweight and dbias in the parameters' dtypes. The
-weight gradient is summed per 64-token tile in the kernel, then over tiles by torch: deterministic.
+weight gradient is summed per program (DZ_TOKENS tokens) in the kernel, then over programs by torch: deterministic.
 
 Split outputs (`split_sizes`, up to three parts, as Gated DeltaNet's q, k, v): the forward writes each part as
 its own contiguous [L, d_i] tensor and the backward reads the parts' gradients where they are, so neither a
@@ -35,8 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-DZ_TILE_T = 64  # the dz pass's tokens per program; fixed (not tuned) so its weight-gradient buffer has a known size
+DZ_TOKENS = 256  # the dz pass's tokens per program (BT * STEPS); fixed so its weight-gradient buffer has a known size
 _OFFSETS_BLOCK = 128  # offsets scanned per step of _document_bounds
+_NEAR_OFFSETS_BLOCK: tl.constexpr = tl.constexpr(16)  # per step of _document_starts: few offsets are near a tile
 _INT32_MAX: tl.constexpr = tl.constexpr(2**31 - 1)
 MAX_PARTS = 3  # output tensors one launch writes; more parts are cut from the whole y (causal_conv1d)
 
@@ -55,35 +57,77 @@ def _document_bounds(cu_seqlens, num_offsets, o_t, BT: tl.constexpr, BN: tl.cons
 
 
 @triton.jit
-def _tile(cu_seqlens, num_offsets, T, D, d0, d1, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    """The program's tile, as all three kernels see it: tokens o_t (tile program_id(0)) and BD channels.
+def _offsets_within(cu_seqlens, num_offsets, first, last, BN: tl.constexpr):
+    """(lo, hi): the offsets that can start the document of a token of [first, last), indices lo (the start of
+    first's document: the last offset <= first) to hi - 1 (the last offset < last). The offsets being sorted,
+    the largest offset <= t among them is the largest of all, for each t of [first, last)."""
+    n_le = tl.zeros([BN], dtype=tl.int32)  # offsets <= first, per lane (in all >= 1: cu_seqlens[0] = 0)
+    n_lt = tl.zeros([BN], dtype=tl.int32)  # offsets < last
+    for i in range(0, num_offsets, BN):
+        o_n = i + tl.arange(0, BN)
+        m = o_n < num_offsets
+        cu = tl.load(cu_seqlens + o_n, mask=m, other=0).to(tl.int32)
+        n_le += (m & (cu <= first)).to(tl.int32)
+        n_lt += (m & (cu < last)).to(tl.int32)
+    return tl.sum(n_le, axis=0) - 1, tl.sum(n_lt, axis=0)
+
+
+@triton.jit
+def _document_starts(cu_seqlens, lo, hi, o_t, BT: tl.constexpr, BN: tl.constexpr):
+    """The start of each token's document (as _document_bounds), scanning only offsets lo to hi - 1
+    (_offsets_within)."""
+    start = tl.zeros([BT], dtype=tl.int32)
+    for i in range(lo, hi, BN):
+        o_n = i + tl.arange(0, BN)
+        cu = tl.load(cu_seqlens + o_n, mask=o_n < hi, other=-1).to(tl.int32)  # -1: never > t
+        start = tl.maximum(start, tl.max(tl.where(cu[None, :] <= o_t[:, None], cu[None, :], 0), axis=1))
+    return start
+
+
+@triton.jit
+def _channel_block(D, d0, d1, BD: tl.constexpr):
+    """The program's BD channels (block program_id(1)), as all the kernels see them.
 
     The channels form parts [0, d0), [d0, d0 + d1), [d0 + d1, D) (the forward's outputs; one part: d0 = D,
-    d1 = 0) and channel blocks (program_id(1)) are numbered part by part, cdiv(d_i, BD) each: a block never
-    straddles two parts, at the cost of at most two partly masked blocks more than cdiv(D, BD) in all.
-    Returns (i_t, part, o_t, o_d: channels in x, o_c: channels in the part, width: d_part, m_t, m_d,
-    and each token's document start and end).
+    d1 = 0) and channel blocks are numbered part by part, cdiv(d_i, BD) each: a block never straddles two
+    parts, at the cost of at most two partly masked blocks more than cdiv(D, BD) in all.
+    Returns (part, o_d: channels in x, o_c: channels in the part, width: d_part, m_d).
     """
-    i_t, i_b = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(1)
     nb0 = tl.cdiv(d0, BD)
     nb01 = nb0 + tl.cdiv(d1, BD)
     part = (i_b >= nb0).to(tl.int32) + (i_b >= nb01).to(tl.int32)
     first_block = tl.where(part == 0, 0, tl.where(part == 1, nb0, nb01))
     first = tl.where(part == 0, 0, tl.where(part == 1, d0, d0 + d1))
     width = tl.where(part == 0, d0, tl.where(part == 1, d1, D - d0 - d1))
-    o_t = i_t * BT + tl.arange(0, BT)
     o_c = (i_b - first_block) * BD + tl.arange(0, BD)
-    m_t, m_d = o_t < T, o_c < width
+    return part, first + o_c, o_c, width, o_c < width
+
+
+@triton.jit
+def _tile(cu_seqlens, num_offsets, T, D, d0, d1, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+    """The program's tile: tokens o_t (tile program_id(0)) and BD channels (_channel_block).
+    Returns (i_t, part, o_t, o_d, o_c, width, m_t, m_d, and each token's document start and end)."""
+    i_t = tl.program_id(0)
+    part, o_d, o_c, width, m_d = _channel_block(D, d0, d1, BD)
+    o_t = i_t * BT + tl.arange(0, BT)
     start, end = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
-    return i_t, part, o_t, first + o_c, o_c, width, m_t, m_d, start, end
+    return i_t, part, o_t, o_d, o_c, width, o_t < T, m_d, start, end
+
+
+@triton.jit
+def _load_tap(x, o_t, o_d, s, start, m_t, m_d, D):
+    """x[t - s] in x's dtype for the tile's tokens and channels; 0 where t - s precedes t's document or the
+    tile's edge."""
+    src = o_t - s
+    m = (m_t & (src >= start))[:, None] & m_d[None, :]
+    return tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
 
 
 @triton.jit
 def _tap(x, o_t, o_d, s, start, m_t, m_d, D):
-    """fp32 x[t - s] for the tile's tokens and channels; 0 where t - s precedes t's document or the tile's edge."""
-    src = o_t - s
-    m = (m_t & (src >= start))[:, None] & m_d[None, :]
-    return tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+    """fp32 x[t - s] (_load_tap)."""
+    return _load_tap(x, o_t, o_d, s, start, m_t, m_d, D).to(tl.float32)
 
 
 @triton.jit
@@ -109,12 +153,20 @@ def _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W: tl.constex
 # (benchmarks/gpu/bench_conv_variants.py, docs/benchmarks.md, eighteenth session): up to 5x between configurations
 # of one kernel, the slow ones spilling registers. (tokens per program BT, channels BD, warps)
 _FORWARD_CONFIGS = ((16, 128, 4), (64, 128, 4), (16, 64, 2), (32, 128, 4), (64, 64, 2))
-_DZ_CONFIGS = ((DZ_TILE_T, 64, 2), (DZ_TILE_T, 32, 2), (DZ_TILE_T, 128, 4), (DZ_TILE_T, 64, 4))
+# (BT, STEPS, BD, warps) of the dz pass: STEPS sub-tiles of BT tokens per program, BT * STEPS = DZ_TOKENS; the
+# fastest of bench_conv_variants.py --dz-only on an H100 (186-201 us against 248 us for the best 64-token tile
+# kernel it replaced, which reduced the weight's gradient across threads per tile)
+_DZ_CONFIGS = ((16, 16, 64, 2), (16, 16, 32, 2), (16, 16, 32, 1), (16, 16, 64, 4), (16, 16, 128, 4))
 _DX_CONFIGS = ((16, 128, 4), (32, 128, 4), (32, 64, 2), (16, 64, 2), (64, 256, 8))
 
 
 def _configs(space):
     return [triton.Config({"BT": bt, "BD": bd}, num_warps=warps) for bt, bd, warps in space]
+
+
+def _dz_configs():
+    assert all(bt * steps == DZ_TOKENS for bt, steps, _, _ in _DZ_CONFIGS)
+    return [triton.Config({"BT": bt, "STEPS": steps, "BD": bd}, num_warps=w) for bt, steps, bd, w in _DZ_CONFIGS]
 
 
 @triton.jit
@@ -150,33 +202,88 @@ def _part_grad(dy, p_dy, m_td, PRESENT: tl.constexpr, BT: tl.constexpr, BD: tl.c
 
 
 @triton.jit
-def _backward_dz_kernel(
-    x, weight, bias, cu_seqlens, dy0, dy1, dy2, dz, dw_tiles, db_tiles, T, D, d0, d1, num_offsets,
-    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr, DY_PARTS: tl.constexpr,
-):  # fmt: skip
-    """dz = dy * act'(z) at each token (z recomputed), and per tile the weight's and bias's gradients:
-    dweight[:, W - 1 - s] = sum_t dz[t] * x[t - s] over t whose tap s stays in its document.
-    dy comes in the forward's parts (dy0, dy1, dy2, laid out as y0, y1, y2); bit i of DY_PARTS says part i has one."""
-    i_t, part, o_t, o_d, o_c, width, m_t, m_d, start, _ = _tile(cu_seqlens, num_offsets, T, D, d0, d1, BT, BD, BN)
-    m_td = m_t[:, None] & m_d[None, :]
-    p_dy = o_t.to(tl.int64)[:, None] * width + o_c[None, :]
+def _tile_grad(dy0, dy1, dy2, part, p_dy, m_td, DY_PARTS: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """fp32 dy of the tile from its part's gradient: dy0, dy1, dy2 (laid out as y0, y1, y2); bit i of DY_PARTS
+    says part i has one."""
     if part == 0:
         g = _part_grad(dy0, p_dy, m_td, DY_PARTS & 1, BT, BD)
     elif part == 1:
         g = _part_grad(dy1, p_dy, m_td, DY_PARTS & 2, BT, BD)
     else:
         g = _part_grad(dy2, p_dy, m_td, DY_PARTS & 4, BT, BD)
-    if SILU:
-        z = _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W, BT, BD, HAS_BIAS)
-        sig = tl.sigmoid(z)
-        g = g * sig * (1.0 + z * (1.0 - sig))
-    tl.store(dz + o_t.to(tl.int64)[:, None] * D + o_d[None, :], g, mask=m_td)
-    for s in tl.static_range(W):  # the shifted x tiles again: from L1/L2, not kept live across the loop
-        x_s = _tap(x, o_t, o_d, s, start, m_t, m_d, D)
-        tl.store(dw_tiles + i_t * D * W + o_d * W + (W - 1 - s), tl.sum(g * x_s, axis=0), mask=m_d)
+    return g
+
+
+@triton.jit
+def _silu_backward(g, z):
+    """dz = dy * silu'(z), silu'(z) = sig(z) * (1 + z * (1 - sig(z)))."""
+    sig = tl.sigmoid(z)
+    return g * sig * (1.0 + z * (1.0 - sig))
+
+
+@triton.jit
+def _backward_dz_kernel(
+    x, weight, bias, cu_seqlens, dy0, dy1, dy2, dz, dw_tiles, db_tiles, T, D, d0, d1, num_offsets,
+    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr, DY_PARTS: tl.constexpr, STEPS: tl.constexpr,
+):  # fmt: skip
+    """dz = dy * act'(z) at each token (z recomputed), and per program the weight's and bias's gradients:
+    dweight[:, W - 1 - s] = sum_t dz[t] * x[t - s] over t whose tap s stays in its document. A program covers
+    STEPS sub-tiles of BT tokens (program_id(0) of cdiv(T, BT * STEPS)); its row of dw_tiles (and db_tiles)
+    sums over those BT * STEPS tokens. dy comes in the forward's parts (dy0, dy1, dy2, laid out as y0, y1, y2);
+    bit i of DY_PARTS says part i has one.
+
+    Why looped: the kernel it replaced took one 64-token tile per program and reduced g * x_s over the tile's
+    tokens W times, each a reduction across threads (shuffles, shared memory, a barrier across warps), then
+    stored [BD, W]: ~250 us per 0.8b call (H100) for ~90 us of memory traffic. Here the products are added
+    elementwise into W fp32 [BT, BD] accumulators (registers) and reduced once per program: 187 us.
+    """
+    i_p = tl.program_id(0)
+    part, o_d, o_c, width, m_d = _channel_block(D, d0, d1, BD)
+    # The offsets that can start a document of the program's tokens, found once: each sub-tile then scans those
+    # (a few, _NEAR_OFFSETS_BLOCK at a time) rather than all of them in blocks of BN. The whole scan per
+    # sub-tile, a [BT, BN] compare and a reduction across threads, was a large share of this kernel's time in
+    # a development sweep (H200, the 0.8b row of 83 documents, the scan stubbed out; not in the results folder).
+    lo, hi = _offsets_within(cu_seqlens, num_offsets, i_p * STEPS * BT, (i_p + 1) * STEPS * BT, BN)
+    w_cols = ()  # weight[:, W - 1 - s] per tap s: loaded once per program, not per tile (tuples: W is constexpr)
+    acc = ()  # sum over the program's tokens of dz[t] * x[t - s], per tap s
+    for s in tl.static_range(W):
+        w_cols = w_cols + (_weight_column(weight, o_d, m_d, s, W)[None, :],)
+        acc = acc + (tl.zeros([BT, BD], dtype=tl.float32),)
+    acc_b = tl.zeros([BT, BD], dtype=tl.float32)  # sum of dz: the bias's gradient (dropped without a bias)
     if HAS_BIAS:
-        tl.store(db_tiles + i_t * D + o_d, tl.sum(g, axis=0), mask=m_d)
+        b_row = tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    for i in range(STEPS):  # a loop, not unrolled: code size and registers stay those of one sub-tile
+        o_t = (i_p * STEPS + i) * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        start = _document_starts(cu_seqlens, lo, hi, o_t, BT, _NEAR_OFFSETS_BLOCK)
+        m_td = m_t[:, None] & m_d[None, :]
+        g = _tile_grad(dy0, dy1, dy2, part, o_t.to(tl.int64)[:, None] * width + o_c[None, :], m_td, DY_PARTS, BT, BD)
+        # The W shifted x tiles are loaded once and serve both z and the products g * x_s (the tile kernel loads
+        # them twice: W more masked loads with their 64-bit addresses, though from L1). Kept in x's dtype, bf16
+        # taps cost W * BT * BD / (2 * threads) registers each thread: within budget beside the accumulators for
+        # the tiles the sweep keeps (BT * BD / threads <= 32 elements each thread; bench_conv_variants.py).
+        taps = ()
+        for s in tl.static_range(W):
+            taps = taps + (_load_tap(x, o_t, o_d, s, start, m_t, m_d, D),)
+        if SILU:
+            z = tl.zeros([BT, BD], dtype=tl.float32)
+            if HAS_BIAS:
+                z += b_row
+            for s in tl.static_range(W):
+                z += taps[s].to(tl.float32) * w_cols[s]
+            g = _silu_backward(g, z)
+        tl.store(dz + o_t.to(tl.int64)[:, None] * D + o_d[None, :], g, mask=m_td)
+        summed = ()
+        for s in tl.static_range(W):
+            summed = summed + (acc[s] + g * taps[s].to(tl.float32),)
+        acc = summed
+        if HAS_BIAS:
+            acc_b += g
+    for s in tl.static_range(W):
+        tl.store(dw_tiles + i_p * D * W + o_d * W + (W - 1 - s), tl.sum(acc[s], axis=0), mask=m_d)
+    if HAS_BIAS:
+        tl.store(db_tiles + i_p * D + o_d, tl.sum(acc_b, axis=0), mask=m_d)
 
 
 @triton.jit
@@ -196,8 +303,8 @@ def _backward_dx_kernel(
     tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
-def _tuned(kernel, space, key):
-    return triton.autotune(configs=_configs(space), key=key)(kernel)
+def _tuned(kernel, configs, key):
+    return triton.autotune(configs=configs, key=key)(kernel)
 
 
 # Triton's interpreter (TRITON_INTERPRET=1, how these kernels were first debugged on a CPU) has no autotuner
@@ -206,15 +313,19 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if _INTERPRETED:
     _forward, _backward_dz, _backward_dx = _forward_kernel, _backward_dz_kernel, _backward_dx_kernel
 else:
-    _forward = _tuned(_forward_kernel, _FORWARD_CONFIGS, ["D", "W", "HAS_BIAS", "SILU"])
-    _backward_dz = _tuned(_backward_dz_kernel, _DZ_CONFIGS, ["D", "W", "HAS_BIAS", "SILU"])
-    _backward_dx = _tuned(_backward_dx_kernel, _DX_CONFIGS, ["D", "W"])
+    _forward = _tuned(_forward_kernel, _configs(_FORWARD_CONFIGS), ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dz = _tuned(_backward_dz_kernel, _dz_configs(), ["D", "W", "HAS_BIAS", "SILU"])
+    _backward_dx = _tuned(_backward_dx_kernel, _configs(_DX_CONFIGS), ["D", "W"])
 _FIXED = {"BT": 64, "BD": 64} if _INTERPRETED else {}
+_FIXED_DZ = {"BT": 16, "STEPS": DZ_TOKENS // 16, "BD": 64} if _INTERPRETED else {}
 
 
 def _grid(L: int, widths: tuple[int, ...]):
-    """(token tiles, channel blocks numbered part by part: see _tile)."""
-    return lambda meta: (triton.cdiv(L, meta["BT"]), sum(triton.cdiv(d, meta["BD"]) for d in widths))
+    """(token ranges of BT * STEPS tokens (STEPS: the dz kernel's; else 1), channel blocks numbered part by
+    part: see _channel_block)."""
+    return lambda meta: (
+        triton.cdiv(L, meta["BT"] * meta.get("STEPS", 1)), sum(triton.cdiv(d, meta["BD"]) for d in widths)
+    )
 
 
 def _three(items: tuple, spare):
@@ -237,21 +348,21 @@ def launch_forward(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, widths: t
 
 def launch_backward_dz(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, widths: tuple[int, ...], dparts,
                        dz_dtype: torch.dtype, **meta):  # fmt: skip
-    """(dz [L, D] in dz_dtype, dweight's per-tile sums [tiles, D, W], dbias's [tiles, D] or None). The token tile
-    is DZ_TILE_T unless meta gives BT (the variants bench)."""
+    """(dz [L, D] in dz_dtype, dweight's per-program sums [programs, D, W], dbias's [programs, D] or None), by
+    `kernel`: _backward_dz (autotuned, DZ_TOKENS tokens per program), or the raw kernel with explicit
+    meta-parameters BT, STEPS, BD, num_warps (the variants bench; BT * STEPS tokens per program)."""
     L, D = x_LD.shape
-    BT = meta.pop("BT", DZ_TILE_T)
-    W, tiles = weight.shape[1], triton.cdiv(L, BT)
+    tokens = DZ_TOKENS if isinstance(kernel, triton.runtime.Autotuner) else meta["BT"] * meta["STEPS"]
+    W, programs = weight.shape[1], triton.cdiv(L, tokens)
     dz_LD = torch.empty(L, D, device=x_LD.device, dtype=dz_dtype)
-    dw_tiles = torch.empty(tiles, D, W, device=x_LD.device, dtype=torch.float32)
-    db_tiles = torch.empty(tiles, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
+    dw_tiles = torch.empty(programs, D, W, device=x_LD.device, dtype=torch.float32)
+    db_tiles = torch.empty(programs, D, device=x_LD.device, dtype=torch.float32) if bias is not None else None
     present = sum(1 << i for i, g in enumerate(dparts) if g is not None)
     dys = tuple(x_LD if g is None else g.contiguous() for g in dparts)  # x_LD: a placeholder, never read
     d0, d1 = _three(widths, 0)[:2]
     kernel[_grid(L, widths)](
         x_LD, weight, bias, cu_seqlens, *_three(dys, x_LD), dz_LD, dw_tiles, db_tiles, L, D, d0, d1,
-        cu_seqlens.numel(), W=W, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu,
-        DY_PARTS=present, **meta, **({} if isinstance(kernel, triton.runtime.Autotuner) else {"BT": BT}),
+        cu_seqlens.numel(), W=W, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, DY_PARTS=present, **meta,
     )  # fmt: skip
     return dz_LD, dw_tiles, db_tiles
 
@@ -292,7 +403,7 @@ class _VarlenCausalConv1d(torch.autograd.Function):
             return None, None, None, None, None, None
         dz_LD, dw_tiles, db_tiles = launch_backward_dz(
             _backward_dz, x_LD, weight, bias, cu_seqlens, ctx.silu, ctx.widths, dparts, _dz_dtype(x_LD.dtype),
-            **{k: v for k, v in _FIXED.items() if k != "BT"},  # its tile is DZ_TILE_T
+            **_FIXED_DZ,
         )  # fmt: skip
         dx_LD = launch_backward_dx(_backward_dx, weight, cu_seqlens, dz_LD, x_LD.dtype, **_FIXED)
         dweight = dw_tiles.sum(0).to(weight.dtype)
