@@ -259,10 +259,11 @@ def _backward_dz_kernel(
         start = _document_starts(cu_seqlens, lo, hi, o_t, BT, _NEAR_OFFSETS_BLOCK)
         m_td = m_t[:, None] & m_d[None, :]
         g = _tile_grad(dy0, dy1, dy2, part, o_t.to(tl.int64)[:, None] * width + o_c[None, :], m_td, DY_PARTS, BT, BD)
-        # The W shifted x tiles are loaded once and serve both z and the products g * x_s (the tile kernel loads
-        # them twice: W more masked loads with their 64-bit addresses, though from L1). Kept in x's dtype, bf16
-        # taps cost W * BT * BD / (2 * threads) registers each thread: within budget beside the accumulators for
-        # the tiles the sweep keeps (BT * BD / threads <= 32 elements each thread; bench_conv_variants.py).
+        # The W shifted x tiles are loaded once and serve both z and the products g * x_s (the tile kernel it
+        # replaced loaded them twice: W more masked loads with their 64-bit addresses, though from L1). Kept in
+        # x's dtype, bf16 taps cost W * BT * BD / (2 * threads) registers each thread: within budget beside the
+        # accumulators for the tiles the sweep keeps (BT * BD / threads <= 32 elements each thread;
+        # bench_conv_variants.py).
         taps = ()
         for s in tl.static_range(W):
             taps = taps + (_load_tap(x, o_t, o_d, s, start, m_t, m_d, D),)
@@ -379,8 +380,9 @@ def launch_backward_dx(kernel, weight, cu_seqlens, dz_LD, dx_dtype: torch.dtype,
 def _dz_dtype(x_dtype: torch.dtype) -> torch.dtype:
     """dz between the backward's two passes: in a 16-bit x's own dtype, as PyTorch's autograd rounds the
     activation's gradient before the conv's backward (upstream's eager path does the same), else fp32. Half
-    the bytes of an fp32 dz, written once and read W times: the two passes took 0.41 instead of 0.50 ms per
-    0.8b layer on an H200 (bench_conv_variants.py). The weight's gradient is summed from the fp32 dz before
+    the bytes of an fp32 dz, written once and read W times: the two passes took 0.32 instead of 0.40 ms per
+    0.8b layer on an H200 at their best configurations (bench_conv_variants.py, with the 64-token tile dz
+    kernel of then). The weight's gradient is summed from the fp32 dz before
     the rounding."""
     return x_dtype if x_dtype in (torch.bfloat16, torch.float16) else torch.float32
 
