@@ -10,9 +10,9 @@ A first version fused both into one kernel that recomputed z at each of the W sh
 and four live fp32 tiles); in the 0.8b training step it ran no faster than FLA's.
 
 Document boundaries: each token's document start, and the next document's start, are found from cu_seqlens
-inside the kernels (a scan of the offsets in blocks of BN), so they need neither FLA's chunk table nor a host
-copy of the offsets. They run unchanged under a CUDA graph whose offsets change between replays, and empty
-documents (repeated offsets, as a fixed-shape row ends) select nothing.
+inside the kernels (triton_tiles.py), so they need neither FLA's chunk table nor a host copy of the offsets.
+They run unchanged under a CUDA graph whose offsets change between replays, and empty documents (repeated
+offsets, as a fixed-shape row ends) select nothing.
 
 Covered: weight [D, W], optional bias, activation None or silu, no initial or final state (those stay with
 FLA's kernel). Accumulation in fp32; y and dx in x's dtype, dweight and dbias in the parameters' dtypes. The
@@ -22,7 +22,7 @@ Split outputs (`split_sizes`, up to three parts, as Gated DeltaNet's q, k, v): t
 its own contiguous [L, d_i] tensor and the backward reads the parts' gradients where they are, so neither a
 copy of strided column slices (FLA's input_guard made one: 4.3 ms of a 16,384-token step on an H200) nor a
 torch.cat of the gradients (3.6 ms) is needed. Still one launch per pass: the channel blocks of a launch are
-numbered part by part (`_tile`), so a block lies in one part and picks that part's tensor.
+numbered part by part (`tile`), so a block lies in one part and picks that part's tensor.
 
 Legend: L = B*T tokens of the flattened row, D channels, W kernel width, d_i the width of part i.
 """
@@ -36,117 +36,13 @@ import torch
 import triton
 import triton.language as tl
 
+from padfree.ops.conv1d.triton_tiles import (
+    NEAR_OFFSETS_BLOCK, OFFSETS_BLOCK, channel_block, document_starts, load_tap, offsets_within, pre_activation, tile,
+    weight_column,
+)  # fmt: skip
+
 DZ_TOKENS = 256  # the dz pass's tokens per program (BT * STEPS); fixed so its weight-gradient buffer has a known size
-_OFFSETS_BLOCK = 128  # offsets scanned per step of _document_bounds
-_NEAR_OFFSETS_BLOCK: tl.constexpr = tl.constexpr(16)  # per step of _document_starts: few offsets are near a tile
-_INT32_MAX: tl.constexpr = tl.constexpr(2**31 - 1)
 MAX_PARTS = 3  # output tensors one launch writes; more parts are cut from the whole y (causal_conv1d)
-
-
-@triton.jit
-def _document_bounds(cu_seqlens, num_offsets, o_t, BT: tl.constexpr, BN: tl.constexpr):
-    """(start, end) of the document holding each token of o_t: the largest offset <= t and the smallest > t."""
-    start = tl.zeros([BT], dtype=tl.int32)
-    end = tl.full([BT], _INT32_MAX, dtype=tl.int32)
-    for i in range(0, num_offsets, BN):
-        o_n = i + tl.arange(0, BN)
-        cu = tl.load(cu_seqlens + o_n, mask=o_n < num_offsets, other=-1).to(tl.int32)  # -1: never > t
-        start = tl.maximum(start, tl.max(tl.where(cu[None, :] <= o_t[:, None], cu[None, :], 0), axis=1))
-        end = tl.minimum(end, tl.min(tl.where(cu[None, :] > o_t[:, None], cu[None, :], _INT32_MAX), axis=1))
-    return start, end
-
-
-@triton.jit
-def _offsets_within(cu_seqlens, num_offsets, first, last, BN: tl.constexpr):
-    """(lo, hi): the offsets that can start the document of a token of [first, last), indices lo (the start of
-    first's document: the last offset <= first) to hi - 1 (the last offset < last). The offsets being sorted,
-    the largest offset <= t among them is the largest of all, for each t of [first, last)."""
-    n_le = tl.zeros([BN], dtype=tl.int32)  # offsets <= first, per lane (in all >= 1: cu_seqlens[0] = 0)
-    n_lt = tl.zeros([BN], dtype=tl.int32)  # offsets < last
-    for i in range(0, num_offsets, BN):
-        o_n = i + tl.arange(0, BN)
-        m = o_n < num_offsets
-        cu = tl.load(cu_seqlens + o_n, mask=m, other=0).to(tl.int32)
-        n_le += (m & (cu <= first)).to(tl.int32)
-        n_lt += (m & (cu < last)).to(tl.int32)
-    return tl.sum(n_le, axis=0) - 1, tl.sum(n_lt, axis=0)
-
-
-@triton.jit
-def _document_starts(cu_seqlens, lo, hi, o_t, BT: tl.constexpr, BN: tl.constexpr):
-    """The start of each token's document (as _document_bounds), scanning only offsets lo to hi - 1
-    (_offsets_within)."""
-    start = tl.zeros([BT], dtype=tl.int32)
-    for i in range(lo, hi, BN):
-        o_n = i + tl.arange(0, BN)
-        cu = tl.load(cu_seqlens + o_n, mask=o_n < hi, other=-1).to(tl.int32)  # -1: never > t
-        start = tl.maximum(start, tl.max(tl.where(cu[None, :] <= o_t[:, None], cu[None, :], 0), axis=1))
-    return start
-
-
-@triton.jit
-def _channel_block(D, d0, d1, BD: tl.constexpr):
-    """The program's BD channels (block program_id(1)), as all the kernels see them.
-
-    The channels form parts [0, d0), [d0, d0 + d1), [d0 + d1, D) (the forward's outputs; one part: d0 = D,
-    d1 = 0) and channel blocks are numbered part by part, cdiv(d_i, BD) each: a block never straddles two
-    parts, at the cost of at most two partly masked blocks more than cdiv(D, BD) in all.
-    Returns (part, o_d: channels in x, o_c: channels in the part, width: d_part, m_d).
-    """
-    i_b = tl.program_id(1)
-    nb0 = tl.cdiv(d0, BD)
-    nb01 = nb0 + tl.cdiv(d1, BD)
-    part = (i_b >= nb0).to(tl.int32) + (i_b >= nb01).to(tl.int32)
-    first_block = tl.where(part == 0, 0, tl.where(part == 1, nb0, nb01))
-    first = tl.where(part == 0, 0, tl.where(part == 1, d0, d0 + d1))
-    width = tl.where(part == 0, d0, tl.where(part == 1, d1, D - d0 - d1))
-    o_c = (i_b - first_block) * BD + tl.arange(0, BD)
-    return part, first + o_c, o_c, width, o_c < width
-
-
-@triton.jit
-def _tile(cu_seqlens, num_offsets, T, D, d0, d1, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
-    """The program's tile: tokens o_t (tile program_id(0)) and BD channels (_channel_block).
-    Returns (i_t, part, o_t, o_d, o_c, width, m_t, m_d, and each token's document start and end)."""
-    i_t = tl.program_id(0)
-    part, o_d, o_c, width, m_d = _channel_block(D, d0, d1, BD)
-    o_t = i_t * BT + tl.arange(0, BT)
-    start, end = _document_bounds(cu_seqlens, num_offsets, o_t, BT, BN)
-    return i_t, part, o_t, o_d, o_c, width, o_t < T, m_d, start, end
-
-
-@triton.jit
-def _load_tap(x, o_t, o_d, s, start, m_t, m_d, D):
-    """x[t - s] in x's dtype for the tile's tokens and channels; 0 where t - s precedes t's document or the
-    tile's edge."""
-    src = o_t - s
-    m = (m_t & (src >= start))[:, None] & m_d[None, :]
-    return tl.load(x + src.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0)
-
-
-@triton.jit
-def _tap(x, o_t, o_d, s, start, m_t, m_d, D):
-    """fp32 x[t - s] (_load_tap)."""
-    return _load_tap(x, o_t, o_d, s, start, m_t, m_d, D).to(tl.float32)
-
-
-@triton.jit
-def _weight_column(weight, o_d, m_d, s, W: tl.constexpr):
-    """fp32 weight[:, W - 1 - s]: the column that meets tap s (x[t - s] for output t)."""
-    return tl.load(weight + o_d * W + (W - 1 - s), mask=m_d, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W: tl.constexpr, BT: tl.constexpr,
-                    BD: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
-    """z = bias + sum_s weight[:, W - 1 - s] * x[t - s] in fp32: the forward's output before the activation,
-    which the backward recomputes for the activation's derivative."""
-    z = tl.zeros([BT, BD], dtype=tl.float32)
-    if HAS_BIAS:
-        z += tl.load(bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-    for s in tl.static_range(W):
-        z += _tap(x, o_t, o_d, s, start, m_t, m_d, D) * _weight_column(weight, o_d, m_d, s, W)[None, :]
-    return z
 
 
 # Tuning spaces, each holding the fastest configurations measured for its kernel on an H200 at the 0.8b row
@@ -176,8 +72,8 @@ def _forward_kernel(
     SILU: tl.constexpr,
 ):  # fmt: skip
     """y = act(z) into the block's part: y0 [L, d0], y1 [L, d1] or y2 [L, D - d0 - d1]."""
-    _, part, o_t, o_d, o_c, width, m_t, m_d, start, _ = _tile(cu_seqlens, num_offsets, T, D, d0, d1, BT, BD, BN)
-    z = _pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W, BT, BD, HAS_BIAS)
+    _, part, o_t, o_d, o_c, width, m_t, m_d, start, _ = tile(cu_seqlens, num_offsets, T, D, d0, d1, BT, BD, BN)
+    z = pre_activation(x, weight, bias, o_t, o_d, start, m_t, m_d, D, W, BT, BD, HAS_BIAS)
     if SILU:
         z = z * tl.sigmoid(z)
     p_y = o_t.to(tl.int64)[:, None] * width + o_c[None, :]
@@ -239,16 +135,16 @@ def _backward_dz_kernel(
     elementwise into W fp32 [BT, BD] accumulators (registers) and reduced once per program: 187 us.
     """
     i_p = tl.program_id(0)
-    part, o_d, o_c, width, m_d = _channel_block(D, d0, d1, BD)
+    part, o_d, o_c, width, m_d = channel_block(D, d0, d1, BD)
     # The offsets that can start a document of the program's tokens, found once: each sub-tile then scans those
-    # (a few, _NEAR_OFFSETS_BLOCK at a time) rather than all of them in blocks of BN. The whole scan per
+    # (a few, NEAR_OFFSETS_BLOCK at a time) rather than all of them in blocks of BN. The whole scan per
     # sub-tile, a [BT, BN] compare and a reduction across threads, was a large share of this kernel's time in
     # a development sweep (H200, the 0.8b row of 83 documents, the scan stubbed out; not in the results folder).
-    lo, hi = _offsets_within(cu_seqlens, num_offsets, i_p * STEPS * BT, (i_p + 1) * STEPS * BT, BN)
+    lo, hi = offsets_within(cu_seqlens, num_offsets, i_p * STEPS * BT, (i_p + 1) * STEPS * BT, BN)
     w_cols = ()  # weight[:, W - 1 - s] per tap s: loaded once per program, not per tile (tuples: W is constexpr)
     acc = ()  # sum over the program's tokens of dz[t] * x[t - s], per tap s
     for s in tl.static_range(W):
-        w_cols = w_cols + (_weight_column(weight, o_d, m_d, s, W)[None, :],)
+        w_cols = w_cols + (weight_column(weight, o_d, m_d, s, W)[None, :],)
         acc = acc + (tl.zeros([BT, BD], dtype=tl.float32),)
     acc_b = tl.zeros([BT, BD], dtype=tl.float32)  # sum of dz: the bias's gradient (dropped without a bias)
     if HAS_BIAS:
@@ -256,7 +152,7 @@ def _backward_dz_kernel(
     for i in range(STEPS):  # a loop, not unrolled: code size and registers stay those of one sub-tile
         o_t = (i_p * STEPS + i) * BT + tl.arange(0, BT)
         m_t = o_t < T
-        start = _document_starts(cu_seqlens, lo, hi, o_t, BT, _NEAR_OFFSETS_BLOCK)
+        start = document_starts(cu_seqlens, lo, hi, o_t, BT, NEAR_OFFSETS_BLOCK)
         m_td = m_t[:, None] & m_d[None, :]
         g = _tile_grad(dy0, dy1, dy2, part, o_t.to(tl.int64)[:, None] * width + o_c[None, :], m_td, DY_PARTS, BT, BD)
         # The W shifted x tiles are loaded once and serve both z and the products g * x_s (the tile kernel it
@@ -266,7 +162,7 @@ def _backward_dz_kernel(
         # bench_conv_variants.py).
         taps = ()
         for s in tl.static_range(W):
-            taps = taps + (_load_tap(x, o_t, o_d, s, start, m_t, m_d, D),)
+            taps = taps + (load_tap(x, o_t, o_d, s, start, m_t, m_d, D),)
         if SILU:
             z = tl.zeros([BT, BD], dtype=tl.float32)
             if HAS_BIAS:
@@ -293,13 +189,13 @@ def _backward_dx_kernel(
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
     """dx[t] = sum_s weight[:, W - 1 - s] * dz[t + s] over the outputs t + s of t's document."""
-    _, _, o_t, o_d, _, _, m_t, m_d, _, end = _tile(cu_seqlens, num_offsets, T, D, D, 0, BT, BD, BN)  # one part
+    _, _, o_t, o_d, _, _, m_t, m_d, _, end = tile(cu_seqlens, num_offsets, T, D, D, 0, BT, BD, BN)  # one part
     acc = tl.zeros([BT, BD], dtype=tl.float32)
     for s in tl.static_range(W):
         out = o_t + s
         m = (m_t & (out < end))[:, None] & m_d[None, :]  # end <= T
         g = tl.load(dz + out.to(tl.int64)[:, None] * D + o_d[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += g * _weight_column(weight, o_d, m_d, s, W)[None, :]
+        acc += g * weight_column(weight, o_d, m_d, s, W)[None, :]
     p_dx = dx + o_t.to(tl.int64)[:, None] * D + o_d[None, :]
     tl.store(p_dx, acc.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
@@ -323,7 +219,7 @@ _FIXED_DZ = {"BT": 16, "STEPS": DZ_TOKENS // 16, "BD": 64} if _INTERPRETED else 
 
 def _grid(L: int, widths: tuple[int, ...]):
     """(token ranges of BT * STEPS tokens (STEPS: the dz kernel's; else 1), channel blocks numbered part by
-    part: see _channel_block)."""
+    part: see channel_block)."""
     return lambda meta: (
         triton.cdiv(L, meta["BT"] * meta.get("STEPS", 1)), sum(triton.cdiv(d, meta["BD"]) for d in widths)
     )
@@ -342,7 +238,7 @@ def launch_forward(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, widths: t
     d0, d1 = _three(widths, 0)[:2]
     kernel[_grid(L, widths)](
         x_LD, weight, bias, cu_seqlens, *_three(parts, parts[0]), L, D, d0, d1, cu_seqlens.numel(),
-        W=weight.shape[1], BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, **meta,
+        W=weight.shape[1], BN=OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, **meta,
     )  # fmt: skip
     return parts
 
@@ -363,7 +259,7 @@ def launch_backward_dz(kernel, x_LD, weight, bias, cu_seqlens, silu: bool, width
     d0, d1 = _three(widths, 0)[:2]
     kernel[_grid(L, widths)](
         x_LD, weight, bias, cu_seqlens, *_three(dys, x_LD), dz_LD, dw_tiles, db_tiles, L, D, d0, d1,
-        cu_seqlens.numel(), W=W, BN=_OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, DY_PARTS=present, **meta,
+        cu_seqlens.numel(), W=W, BN=OFFSETS_BLOCK, HAS_BIAS=bias is not None, SILU=silu, DY_PARTS=present, **meta,
     )  # fmt: skip
     return dz_LD, dw_tiles, db_tiles
 
@@ -372,7 +268,7 @@ def launch_backward_dx(kernel, weight, cu_seqlens, dz_LD, dx_dtype: torch.dtype,
     L, D = dz_LD.shape
     dx_LD = torch.empty(L, D, device=dz_LD.device, dtype=dx_dtype)
     kernel[_grid(L, (D,))](
-        weight, cu_seqlens, dz_LD, dx_LD, L, D, cu_seqlens.numel(), W=weight.shape[1], BN=_OFFSETS_BLOCK, **meta
+        weight, cu_seqlens, dz_LD, dx_LD, L, D, cu_seqlens.numel(), W=weight.shape[1], BN=OFFSETS_BLOCK, **meta
     )  # fmt: skip
     return dx_LD
 
