@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 import padfree
 from padfree.ops import attention
-from padfree.ops._backend import fla_available, fla_unsafe_reason, resolve_backend
+from padfree.ops._backend import fla_available, fla_unsafe_reason, flash_qla_dispatched, resolve_backend
 from padfree.ops.conv1d import conv_backend
 from padfree.tiny import causal_lm_class, tiny_config
 
@@ -43,7 +43,7 @@ BOUNDS = {torch.float32: (1e-4, "fp32: only summation order differs"),
 # Reduced precision: the bound is at least this many times the unpatched model's own rounding error, which covers
 # the reference's rounding plus padfree's (the GPU tests allow padfree 1.5x upstream's).
 ROUNDING_MARGIN = 3.0
-_OPTIONAL = ("triton", "flash-linear-attention", "tilelang", "flash-attn", "peft", "datasets")
+_OPTIONAL = ("triton", "flash-linear-attention", "tilelang", "flash-qla", "flash-attn", "peft", "datasets")
 
 
 def _version(package: str) -> str:
@@ -83,6 +83,8 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
     if device.type == "cuda" and gdn == "torch":
         reason = fla_unsafe_reason(device.index or 0) if fla_available() else "flash-linear-attention not importable"
         why = f" ({reason})"
+    if gdn == "fla" and flash_qla_dispatched():
+        why = " (FlashQLA's kernels through FLA's dispatch; CUDA-graph steps run FLA's own: FLA_FLASH_QLA=0 for both)"
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     probe = torch.empty(1, 1, head_dim, dtype=dtype, device=device)

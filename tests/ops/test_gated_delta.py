@@ -47,7 +47,7 @@ def _cu(lengths):
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
 
 
-def _inputs(lengths, HV=2 * H, l2norm=True, h0=True, dtype=torch.float32, seed=0, B=1):
+def _inputs(lengths, HV=2 * H, l2norm=True, h0=True, dtype=torch.float32, seed=0, B=1, K=K, V=V):
     """Leaf inputs (q, k, v, g, beta, h0) of a packed row (B = 1) or B unpacked rows of sum(lengths)."""
     gen = torch.Generator().manual_seed(seed)
     T, N = sum(lengths), len(lengths) if B == 1 else B
@@ -389,3 +389,41 @@ def test_gate_in_kernel_equals_the_decay_and_sigmoid_given_outside():
                                A_log=torch.randn(2))  # fmt: skip
     with pytest.raises(ValueError, match="without use_gate_in_kernel=True"):
         chunk_gated_delta_rule(q, k, v, g, b, cu_seqlens=cu, backend="torch", A_log=A_log)
+
+
+def test_fla_fixed_shape_calls_go_below_flas_dispatch():
+    """padfree's FLA backend sends fixed-shape rows (CUDA graph steps) to FLA's function below its backend
+    dispatch (FLA would hand them to FlashQLA, which plans on the host: padfree.ops.gated_delta.fla_backend).
+    FLA 0.6 stacks torch.compiler.disable, the dispatch wrapper and the function, linked by functools.wraps;
+    this builds the same stack (FLA itself needs a GPU) and checks the unwrapped function is the innermost."""
+    from padfree.ops.gated_delta.fla_backend import without_dispatch
+
+    def kernels(x):
+        return x + 1
+
+    @functools.wraps(kernels)
+    def dispatch(x):
+        return "another backend"
+
+    public = torch.compiler.disable(torch.compiler.disable(dispatch))
+    assert public(1) == "another backend"
+    assert without_dispatch(public)(1) == 2
+
+
+def test_flash_qla_dispatch_is_reported_as_fla_decides_it(monkeypatch):
+    """`padfree check` and `padfree bench` say when FLA hands the op to FlashQLA: flash_qla importable and
+    FLA_FLASH_QLA not "0" (FLA 0.6's rule, read per call)."""
+    import importlib.util
+
+    from padfree.ops._backend import flash_qla_dispatched
+
+    real_find_spec = importlib.util.find_spec
+    installed = {"flash_qla": False}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if installed.get(name) else real_find_spec(name, *a))  # fmt: skip
+    monkeypatch.delenv("FLA_FLASH_QLA", raising=False)
+    assert not flash_qla_dispatched()
+    installed["flash_qla"] = True
+    assert flash_qla_dispatched()
+    monkeypatch.setenv("FLA_FLASH_QLA", "0")
+    assert not flash_qla_dispatched()

@@ -16,6 +16,7 @@ rounds drops a round spoiled by a busy host.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import statistics
 import sys
@@ -34,6 +35,7 @@ from padfree.bench.train_step import (
     DEFAULT_PATHS, GRAPHED_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
     measure,
 )  # fmt: skip
+from padfree.ops._backend import flash_qla_dispatched
 
 
 @dataclass
@@ -164,7 +166,7 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu, {torch.get_num_threads()} threads",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "padfree": padfree.__version__},
+                     "padfree": padfree.__version__, **_kernel_package_versions()},
         # `checkpointing` replaces the raw flag (None when not given), which it resolves
         "settings": dict({k: v for k, v in asdict(s).items() if k != "gradient_checkpointing"},
                          device=device.type, dtype=str(dtype).removeprefix("torch."),
@@ -181,6 +183,20 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
     }  # fmt: skip
 
 
+def _kernel_package_versions() -> dict:
+    """The installed kernel packages the paths may run: FLA's gated delta rule goes to FlashQLA's kernels when
+    flash_qla is installed (upstream's and padfree's eager paths; padfree_graphed stays on FLA's own)."""
+    versions = {}
+    for package in ("flash-linear-attention", "tilelang", "flash-qla"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if "flash-qla" in versions:
+        versions["gated delta rule"] = "FlashQLA via FLA" if flash_qla_dispatched() else "FLA (FLA_FLASH_QLA=0)"
+    return versions
+
+
 def _header(report: dict) -> str:
     s, samples = report["settings"], report["samples"]
     rounds = "" if s["rounds"] == 1 else f" in each of {s['rounds']} rounds (medians below)"
@@ -191,6 +207,8 @@ def _header(report: dict) -> str:
         f"  samples: {samples['timed_documents']} documents timed ({samples['timed_real_tokens']:,} real tokens, "
         f"the same for every path), lognormal lengths (median {s['median_len']:g}, sigma {LENGTH_SIGMA:g}, "
         f"at most {s['row_tokens']:,})"
+        + (f"\n  gated delta rule: {report['versions']['gated delta rule']} (flash_qla installed)"
+           if "gated delta rule" in report["versions"] else "")
     )
 
 

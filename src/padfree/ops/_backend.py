@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import warnings
 
 import torch
@@ -28,6 +29,13 @@ def _version_tuple(version: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+def flash_qla_dispatched() -> bool:
+    """Whether FLA hands the gated delta rule to FlashQLA's kernels: FLA 0.6 does when the `flash_qla` package
+    imports, unless FLA_FLASH_QLA=0 (read per call, as FLA does). Fixed-shape rows never go there
+    (padfree.ops.gated_delta.fla_backend)."""
+    return importlib.util.find_spec("flash_qla") is not None and os.environ.get("FLA_FLASH_QLA", "1") != "0"
 
 
 @functools.cache
