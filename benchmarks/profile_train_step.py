@@ -206,7 +206,8 @@ def by_caller(prof, time_of, rows: int = 60) -> list[str]:
             continue  # counted with the outermost aten op (copy_ inside to(), fill_ inside zeros)
         while parent is not None and len(callers) < 3:
             name = parent.name
-            if any(k in name for k in keep) or (name.endswith("Backward0") or name.endswith("Backward")) and "evaluate_function" not in name:
+            autograd_node = name.endswith(("Backward", "Backward0")) and "evaluate_function" not in name
+            if autograd_node or any(k in name for k in keep):
                 callers.append(name)
             parent = parent.cpu_parent
         group = groups[(e.name, str(e.input_shapes), tuple(callers))]

@@ -31,6 +31,7 @@ import sys
 import torch
 from triton.testing import do_bench
 
+from padfree.check import rms_relative_error
 from padfree.ops.gated_delta import chunk_gated_delta_rule as padfree_gdr
 
 sys.path.insert(0, "benchmarks/gpu")
@@ -98,10 +99,6 @@ def _kernel_ms(fn, iters: int = 10) -> float:
     return sum(e.device_time for e in kernels) / iters / 1000
 
 
-def _rms_rel(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
@@ -126,7 +123,7 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
                     out = _fwd_bwd(variant, inputs, do, cu, cu_host)
-                    entry["errors"] = {n: _rms_rel(r, o) for n, r, o in zip(NAMES, reference, out)}
+                    entry["errors"] = {n: rms_relative_error(r, o) for n, r, o in zip(NAMES, reference, out)}
                     entry["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
                     step = lambda: _fwd_bwd(variant, inputs, do, cu, cu_host)  # noqa: E731
                     fwd = lambda: _call(variant, [x.detach().requires_grad_() for x in inputs], cu, cu_host)  # noqa: E731

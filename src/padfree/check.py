@@ -46,7 +46,8 @@ ROUNDING_MARGIN = 3.0
 _OPTIONAL = ("triton", "flash-linear-attention", "tilelang", "flash-qla", "flash-attn", "peft", "datasets")
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed distribution's version, or "-"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -214,8 +215,8 @@ def run_check(model: str | None = None, device: str = "auto", dtype: str = "auto
     print("padfree check", file=out)
     print(
         f"  versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
-        f"{_version('transformers')}, padfree {padfree.__version__}; "
-        + ", ".join(f"{name} {_version(name)}" for name in _OPTIONAL),
+        f"{package_version('transformers')}, padfree {padfree.__version__}; "
+        + ", ".join(f"{name} {package_version(name)}" for name in _OPTIONAL),
         file=out,
     )
     try:

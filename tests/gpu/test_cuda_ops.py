@@ -76,6 +76,7 @@ def test_fixed_shape_rows_bypass_flash_qla(monkeypatch):
     if not fla_available() or fla_unsafe_reason(0):
         pytest.skip("FLA not usable on this GPU")
     calls = _flash_qla_spy(monkeypatch, refuse=True)
+    monkeypatch.setenv("FLA_FLASH_QLA", "1")  # FLA's dispatch on (its default), whatever the environment says
     q, k, v, g, beta, _ = (x.detach().cuda() for x in _inputs(LENGTHS, dtype=torch.bfloat16, K=HEAD_DIM, V=HEAD_DIM))
     offsets = _cu(LENGTHS).tolist()
     max_docs = len(LENGTHS) + 2

@@ -55,7 +55,14 @@ def _upstream(q, k, cos, sin):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dispatcher_on_cpu_is_upstream(case, dtype):
     q, k, cos, sin = _inputs(*CASES[case], dtype=dtype)
-    ours = _forward_backward(lambda *a: rotary.apply_rotary(*a, apply_rotary_pos_emb), q, k, cos, sin)
+    calls = []
+
+    def counted_upstream(*args, **kwargs):
+        calls.append(kwargs)
+        return apply_rotary_pos_emb(*args, **kwargs)
+
+    ours = _forward_backward(lambda *a: rotary.apply_rotary(*a, counted_upstream), q, k, cos, sin)
+    assert calls == [{"unsqueeze_dim": 2}], "CPU tensors go to upstream's function, for the [1, T, H, D] layout"
     ref = _forward_backward(_upstream, q, k, cos, sin)
     for name in ref:
         assert torch.equal(ours[name], ref[name]), name

@@ -16,7 +16,6 @@ rounds drops a round spoiled by a busy host.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import statistics
 import sys
@@ -35,6 +34,7 @@ from padfree.bench.train_step import (
     DEFAULT_PATHS, GRAPHED_PATHS, LENGTH_SIGMA, PATCH_SETTINGS, PATHS, Workload, attention_flops, make_workload,
     measure,
 )  # fmt: skip
+from padfree.check import package_version
 from padfree.ops._backend import flash_qla_dispatched
 
 
@@ -186,12 +186,7 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
 def _kernel_package_versions() -> dict:
     """The installed kernel packages the paths may run: FLA's gated delta rule goes to FlashQLA's kernels when
     flash_qla is installed (upstream's and padfree's eager paths; padfree_graphed stays on FLA's own)."""
-    versions = {}
-    for package in ("flash-linear-attention", "tilelang", "flash-qla"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+    versions = {p: v for p in ("flash-linear-attention", "tilelang", "flash-qla") if (v := package_version(p)) != "-"}
     if "flash-qla" in versions:
         versions["gated delta rule"] = "FlashQLA via FLA" if flash_qla_dispatched() else "FLA (FLA_FLASH_QLA=0)"
     return versions
