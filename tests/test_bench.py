@@ -162,6 +162,17 @@ def test_unseen_shapes_picks_one_batch_per_new_shape():
     assert picked[0] is timed[1]  # the batches themselves, not copies
 
 
+def test_eager_packed_paths_run_every_timed_row_once_before_timing():
+    """FlashQLA compiles per row's documents, not per shape: a packed path pre-runs all its rows, the padded path
+    its new shapes only."""
+    from padfree.bench.train_step import untimed_first
+
+    warm = [{"input_ids": torch.zeros(1, 64, dtype=torch.long)}]
+    rows = [{"input_ids": torch.zeros(1, 64, dtype=torch.long)} for _ in range(3)]
+    assert untimed_first("upstream_packed", warm, rows) == rows and untimed_first("padfree", warm, rows) == rows
+    assert untimed_first("upstream_padded", warm, rows) == []  # one shape, already warmed
+
+
 def test_paths_get_the_same_weights():
     """Same seed: every path's model starts from the same weights, drawn on the device (here the CPU)."""
     from padfree.bench.train_step import build_model

@@ -14,11 +14,12 @@ import torch
 
 import padfree
 from padfree.cuda_graph import CudaGraphTrainStep
-from padfree.static_row import CHUNK, check_row, chunk_slots, chunk_table, padded_offsets, row_values
+from padfree.static_row import check_row, chunk_slots, chunk_table, padded_offsets, row_values
 from padfree.ops.attention import varlen_attention
 from padfree.ops.conv1d import causal_conv1d
 from padfree.ops.gated_delta import chunk_gated_delta_rule
 from padfree.tiny import load_tiny_model
+from padfree.varlen import CHUNK
 
 
 def _per_token_chunks(offsets: list[int]) -> list[tuple[int, int]]:

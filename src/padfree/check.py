@@ -85,7 +85,8 @@ def _backends(model, device: torch.device, dtype: torch.dtype) -> str:
         reason = fla_unsafe_reason(device.index or 0) if fla_available() else "flash-linear-attention not importable"
         why = f" ({reason})"
     if gdn == "fla" and flash_qla_dispatched():
-        why = " (FlashQLA's kernels via FLA's dispatch, CUDA-graph steps FLA's own; FLA_FLASH_QLA=0: FLA's own always)"
+        why = (" (FlashQLA's kernels via FLA's dispatch; CUDA-graph steps without its context parallelism; "
+               "FLA_FLASH_QLA=0: FLA's own)")
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     probe = torch.empty(1, 1, head_dim, dtype=dtype, device=device)

@@ -33,14 +33,12 @@ import torch
 from padfree.loss import causal_lm_loss, shift_labels
 from padfree.models.causal_lm import _NO_MASKS, PACKED_KWARG, _check_packed_row, _find_packed
 from padfree.parallel.shard import ShardedRow
-from padfree.varlen import PackedBatch, document_positions
+from padfree.varlen import CHUNK, PackedBatch, document_positions
 
 __all__ = [
     "StaticRow", "check_row", "chunk_table", "fla_tensor_cache_off", "padded_offsets", "patched_settings",
     "row_values", "static_row_logits", "static_row_loss",
 ]
-
-CHUNK = 64  # FLA's chunk size for the gated delta rule and the conv (both take the same table)
 
 
 def padded_offsets(offsets: Sequence[int], max_docs: int) -> list[int]:

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import torch
 
+CHUNK = 64  # the token chunk of a fixed-shape row's chunk table: FLA's (gated delta rule and conv) and FlashQLA's
+
 
 @dataclass(frozen=True)
 class PackedBatch:
@@ -23,7 +25,7 @@ class PackedBatch:
                      a device-to-host sync.
     max_seqlen:      the longest document's length.
     chunk_indices:   None, except in a fixed-shape row (`padfree.static_row.StaticRow`): FLA's
-                     [NT, 2] int32 table of (document, 64-token chunk). Such a row has no host copy
+                     [NT, 2] int32 table of (document, CHUNK-token chunk). Such a row has no host copy
                      (cu_seqlens_host is None: its values change under a captured graph), ends in
                      empty documents, and was validated on the host before its buffers were filled.
     """

@@ -35,8 +35,35 @@ MAX_DOCS = 24
 INIT_STD = 0.2  # large random weights: the logits depend strongly on context, so a leak shows (as the bench gate)
 
 
-def _model(tmp_path):
-    return load_tiny_model("qwen3_5", tmp_path, initializer_range=INIT_STD).to(DEVICE, torch.bfloat16)
+# GDN head dims: the tiny model's 16 (FLA's own kernels) and the family's 128, where FLA hands the gated delta rule to
+# FlashQLA when the flash_qla package is installed (a fixed-shape row's call through padfree's device-side plan)
+GDN_HEAD_DIMS = [16, 128]
+
+
+def _model(tmp_path, gdn_head_dim: int = 16):
+    return load_tiny_model("qwen3_5", tmp_path, initializer_range=INIT_STD, linear_key_head_dim=gdn_head_dim,
+                           linear_value_head_dim=gdn_head_dim).to(DEVICE, torch.bfloat16)  # fmt: skip
+
+
+def _fixed_shape_flash_qla_calls(monkeypatch, gdn_head_dim: int) -> list | None:
+    """The fixed-shape (auto_cp=False) calls that reach FlashQLA, recorded; None where none should: flash_qla not
+    installed, or head dims it does not take."""
+    try:
+        import flash_qla
+    except ImportError:
+        return None
+    if gdn_head_dim != 128:
+        return None
+    monkeypatch.setenv("FLA_FLASH_QLA", "1")
+    calls, original = [], flash_qla.chunk_gated_delta_rule
+
+    def spy(*args, **kwargs):
+        if kwargs.get("auto_cp") is False:
+            calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(flash_qla, "chunk_gated_delta_rule", spy)
+    return calls
 
 
 def _rows(vocab: int) -> list[dict]:
@@ -45,12 +72,15 @@ def _rows(vocab: int) -> list[dict]:
             for layout in LAYOUTS]  # fmt: skip
 
 
-def test_fixed_shape_row_matches_per_document_runs(tmp_path):
-    model = _model(tmp_path)
+@pytest.mark.parametrize("gdn_head_dim", GDN_HEAD_DIMS)
+def test_fixed_shape_row_matches_per_document_runs(tmp_path, monkeypatch, gdn_head_dim):
+    model = _model(tmp_path, gdn_head_dim)
+    flash_qla_calls = _fixed_shape_flash_qla_calls(monkeypatch, gdn_head_dim)
     lengths = [70, 1, 17, 3, 130, 40]
     eager = packed_vs_per_document(model, lengths, DEVICE)
     static = packed_vs_per_document(model, lengths, DEVICE, static_max_docs=len(lengths) + 5)
     assert len(static) == len(lengths) > 1
+    assert flash_qla_calls is None or flash_qla_calls  # the fixed-shape row ran FlashQLA's kernels
     for doc, (e, s) in enumerate(zip(eager, static)):
         assert s <= 1.5 * e + 1e-3, f"document {doc}: fixed-shape row error {s:.2e} vs ordinary packed row {e:.2e}"
 
@@ -64,21 +94,25 @@ def _eager_loss(model, batch, count=None, autocast=None) -> torch.Tensor:
         return model(**_on_device(batch), num_items_in_batch=count).loss
 
 
-# (activation checkpointing, rows per optimizer step, weights dtype, autocast, clipping): the bench's
+# (activation checkpointing, rows per optimizer step, weights dtype, autocast, clipping, GDN head dim): the bench's
 # setting, the same with checkpointing, and `padfree train`'s (fp32 weights under bf16 autocast,
-# accumulation over 2 rows, clipping, a learning-rate schedule on a tensor lr)
-CASES = [(False, 1, torch.bfloat16, None, None), (True, 1, torch.bfloat16, None, None),
-         (False, 2, torch.float32, torch.bfloat16, 0.5)]  # fmt: skip
+# accumulation over 2 rows, clipping, a learning-rate schedule on a tensor lr); the bench's setting again with the
+# family's GDN head dims (FlashQLA's kernels in both steps when flash_qla is installed)
+CASES = [(False, 1, torch.bfloat16, None, None, 16), (True, 1, torch.bfloat16, None, None, 16),
+         (False, 2, torch.float32, torch.bfloat16, 0.5, 16), (False, 1, torch.bfloat16, None, None, 128)]  # fmt: skip
 
 
-@pytest.mark.parametrize("checkpointing, accum, weights, autocast, clip", CASES)
-def test_replayed_steps_train_what_eager_steps_train(tmp_path, checkpointing, accum, weights, autocast, clip):
+@pytest.mark.parametrize("checkpointing, accum, weights, autocast, clip, gdn_head_dim", CASES)
+def test_replayed_steps_train_what_eager_steps_train(
+    tmp_path, monkeypatch, checkpointing, accum, weights, autocast, clip, gdn_head_dim
+):  # fmt: skip
     from padfree.checkpointing import enable_checkpointing
     from padfree.loss import count_trained_tokens
 
     # two loads of one saved model: the same weights (a deepcopy would share the patched forwards' closures)
-    eager = padfree.patch(_model(tmp_path / "eager").to(weights).train())
-    graphed = padfree.patch(_model(tmp_path / "graphed").to(weights).train())
+    eager = padfree.patch(_model(tmp_path / "eager", gdn_head_dim).to(weights).train())
+    graphed = padfree.patch(_model(tmp_path / "graphed", gdn_head_dim).to(weights).train())
+    flash_qla_calls = _fixed_shape_flash_qla_calls(monkeypatch, gdn_head_dim)
     assert all(torch.equal(a, b) for a, b in zip(eager.parameters(), graphed.parameters()))
     if checkpointing:
         enable_checkpointing(eager), enable_checkpointing(graphed)
@@ -111,6 +145,7 @@ def test_replayed_steps_train_what_eager_steps_train(tmp_path, checkpointing, ac
         if clip:
             norms.append((eager_norm.item(), graphed_norm.item()))
     assert step.captured and step.updates == len(LAYOUTS)  # steps 2.. ran as replays
+    assert flash_qla_calls is None or flash_qla_calls  # the captured step ran FlashQLA's kernels
     with torch.no_grad():  # control: row 4 (21 documents) under row 5's layout (one), as a stale replay would see it
         wrong = dict(rows[3], cu_seq_lens_q=rows[4]["cu_seq_lens_q"], cu_seq_lens_k=rows[4]["cu_seq_lens_k"],
                      position_ids=rows[4]["position_ids"])  # fmt: skip

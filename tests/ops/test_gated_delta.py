@@ -392,8 +392,8 @@ def test_gate_in_kernel_equals_the_decay_and_sigmoid_given_outside():
 
 
 def test_fla_fixed_shape_calls_go_below_flas_dispatch():
-    """padfree's FLA backend sends fixed-shape rows (CUDA graph steps) to FLA's function below its backend
-    dispatch (FLA would hand them to FlashQLA, which plans on the host: padfree.ops.gated_delta.fla_backend).
+    """padfree's FLA backend sends the fixed-shape rows (CUDA graph steps) that FlashQLA does not take to FLA's
+    function below its backend dispatch (padfree.ops.gated_delta.fla_backend).
     FLA 0.6 stacks torch.compiler.disable, the dispatch wrapper and the function, linked by functools.wraps;
     this builds the same stack (FLA itself needs a GPU) and checks the unwrapped function is the innermost."""
     from padfree.ops.gated_delta.fla_backend import without_dispatch
@@ -408,6 +408,18 @@ def test_fla_fixed_shape_calls_go_below_flas_dispatch():
     public = torch.compiler.disable(torch.compiler.disable(dispatch))
     assert public(1) == "another backend"
     assert without_dispatch(public)(1) == 2
+
+
+def test_fla_without_a_flash_qla_backend_never_takes_that_route(monkeypatch):
+    """An FLA release without the FlashQLA backend module: fixed-shape rows go to FLA's own kernels (no ImportError
+    in the middle of a step)."""
+    import sys
+
+    from padfree.ops.gated_delta.fla_backend import flash_qla_takes
+
+    monkeypatch.setitem(sys.modules, "fla.ops.gated_delta_rule.backends.flash_qla", None)  # import raises
+    q = torch.zeros(1, 4, 1, 128)
+    assert flash_qla_takes(q, q, q, q[..., 0], q[..., 0], None, {}) is False
 
 
 def test_flash_qla_dispatch_is_reported_as_fla_decides_it(monkeypatch):

@@ -185,7 +185,7 @@ def _new_report(s: BenchSettings, device: torch.device, dtype: torch.dtype, conf
 
 def _kernel_package_versions() -> dict:
     """The installed kernel packages the paths may run: FLA's gated delta rule goes to FlashQLA's kernels when
-    flash_qla is installed (upstream's and padfree's eager paths; padfree_graphed stays on FLA's own)."""
+    flash_qla is installed (every path; padfree_graphed without FlashQLA's context parallelism)."""
     versions = {p: v for p in ("flash-linear-attention", "tilelang", "flash-qla") if (v := package_version(p)) != "-"}
     if "flash-qla" in versions:
         versions["gated delta rule"] = "FlashQLA via FLA" if flash_qla_dispatched() else "FLA (FLA_FLASH_QLA=0)"

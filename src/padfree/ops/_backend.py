@@ -33,8 +33,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 def flash_qla_dispatched() -> bool:
     """Whether FLA hands the gated delta rule to FlashQLA's kernels: FLA 0.6 does when the `flash_qla` package
-    imports, unless FLA_FLASH_QLA=0 (read per call, as FLA does). Fixed-shape rows never go there
-    (padfree.ops.gated_delta.fla_backend)."""
+    imports, unless FLA_FLASH_QLA=0 (read per call, as FLA does), for the calls FlashQLA takes (head dims 128,
+    16-bit inputs, no in-kernel gates). Fixed-shape rows (CUDA-graph steps) get it without its context
+    parallelism (padfree.ops.gated_delta.fla_backend)."""
     return importlib.util.find_spec("flash_qla") is not None and os.environ.get("FLA_FLASH_QLA", "1") != "0"
 
 
