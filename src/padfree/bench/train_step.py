@@ -144,9 +144,9 @@ def _batches(path: str, workload: Workload, rows: list[list[int]]) -> list[tuple
 def untimed_first(path: str, warm: list[dict], timed: list[dict]) -> list[dict]:
     """The timed batches an eager CUDA path runs once, untimed, before its timing: the padded path's new shapes
     (`unseen_shapes`), and every packed row. A packed row has the same shape as any other, but FLA hands the
-    gated delta rule to FlashQLA when flash_qla is installed, and FlashQLA compiles a TileLang kernel variant
-    per variant (its V-block width follows the row's document count; its context parallelism, the row's
-    lengths): ~20 s each. In the twentieth session's first run with flash_qla installed five compiles ran during
+    gated delta rule to FlashQLA when flash_qla is installed, and FlashQLA compiles a TileLang kernel per
+    variant it picks for a row (its value-block width follows the row's document count, its context
+    parallelism the row's lengths): ~20 s each. In the twentieth session's first run with flash_qla installed five compiles ran during
     upstream's packed path (its warm-up rows did not cover them), which timed it at 506 tokens/s
     (docs/benchmarks.md)."""
     return unseen_shapes(warm, timed) if path == "upstream_padded" else list(timed)
