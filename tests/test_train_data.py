@@ -206,7 +206,9 @@ def test_elementwise_backend_that_cannot_run_here(tmp_path, capsys, monkeypatch,
     [
         (["--cuda-graph", "--device", "cpu"], "--cuda-graph: CUDA graphs need a CUDA device"),
         (["--cuda-graph", "--compile-elementwise"], "--cuda-graph does not cover --compile-elementwise"),
-        (["--cuda-graph", "--sp-degree", "2"], "--cuda-graph does not cover sequence parallelism"),
+        (["--cuda-graph", "--sp-degree", "2", "--sp-mode", "context"], "--cuda-graph runs sequence parallelism as "
+         "Ulysses only"),
+        (["--cuda-graph", "--sp-degree", "2"], "launch it with torchrun"),  # one process: the sharded step needs 2
     ],
 )
 def test_cuda_graph_that_cannot_run_here(tmp_path, capsys, flags, message):

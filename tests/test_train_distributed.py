@@ -1,6 +1,7 @@
 """`padfree train` under torchrun on CPU (gloo, FSDP2): two processes as data parallelism (dp=2) and as
 sequence parallelism (sp=2), eight as dp=2 x sp=4, each against the single-process run over the same
-rows; exact resume; a bad --sp-degree refused before anything is written.
+rows; exact resume; a bad --sp-degree, and --cuda-graph with data parallelism, refused before anything is
+written.
 
 Scenarios share one reference: a single process with --grad-accum 2 trains rows (0, 1) at step 1,
 (2, 3) at step 2, ... A dp=2 run with --grad-accum 1 gives dp rank r row 2s + r, and an sp=2 run with
@@ -147,6 +148,28 @@ def test_bad_sp_degree_fails_before_writing(tmp_path, capsys):
     assert not out.exists()
     assert main(["train", "--sp-degree", "2", "--output-dir", str(out)]) == 2  # one process, no torchrun
     assert "launch it with torchrun" in capsys.readouterr().err and not out.exists()
+
+
+def test_cuda_graph_with_data_parallelism_fails_before_writing(tmp_path):
+    """The captured step covers one process or one sequence-parallel group: two processes without --sp-degree are
+    data parallelism, refused with the fix before any process group, device check or file."""
+    out = tmp_path / "run"
+    result = torchrun("--cuda-graph", "--max-steps", "1", "--output-dir", str(out))
+    assert result.returncode != 0
+    assert "--cuda-graph covers one process, or one sequence-parallel group" in result.stderr
+    assert "pass --sp-degree 2, or drop --cuda-graph" in result.stderr
+    assert not out.exists()
+
+
+def test_cuda_graph_with_context_parallel_layers_fails_before_writing(tmp_path):
+    """At sp=3 the tiny model's 4 attention and 4 GDN value heads leave --sp-mode auto no Ulysses split, so its layers
+    run context parallelism, which a CUDA graph cannot replay: refused with the fix before any file is written."""
+    out = tmp_path / "run"
+    result = torchrun("--cuda-graph", "--sp-degree", "3", "--max-steps", "1", "--output-dir", str(out), nproc=3)
+    assert result.returncode != 0
+    assert "--sp-mode auto runs the attention and gdn layers with context parallelism" in result.stderr
+    assert "pass an --sp-degree that divides the model's heads (Ulysses), or drop --cuda-graph" in result.stderr
+    assert not out.exists()
 
 
 def _free_port() -> int:

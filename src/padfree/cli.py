@@ -53,8 +53,9 @@ _HELP = {
     "loss_backend": "the fused loss's per-chunk softmax: auto (FLA's cross-entropy Triton kernels on CUDA when FLA "
     "is installed and --compile-elementwise is off) | torch (PyTorch's ops) | fla (default: auto)",
     "cuda_graph": "replay each training step from CUDA graphs (padfree.cuda_graph): the host launches one graph "
-    "instead of thousands of kernels (0.8B shape, one H100: 2.37x transformers' packed step, vs 1.1-1.6x eager). "
-    "One process, CUDA with flash-linear-attention, a dense (non-MoE) model; rows are padded to --max-tokens",
+    "instead of thousands of kernels (0.8B shape, one H100: 2.77x transformers' packed step, vs 1.1-1.6x eager). "
+    "One process, or under torchrun one Ulysses group (--sp-degree = the number of processes, no data "
+    "parallelism); CUDA with flash-linear-attention, a dense (non-MoE) model; rows are padded to --max-tokens",
     "sp_degree": "under torchrun: processes that split each packed row (sequence parallelism); the rest of the "
     "processes are data-parallel (default: 1)",
     "sp_mode": "sequence parallelism: " + " | ".join(SP_MODES) + " (default: auto = Ulysses where the heads allow)",

@@ -8,13 +8,15 @@ document layouts (the first is the capture row; a replay that kept its offsets w
 Setups: Ulysses with the default GDN exchange (all-gathers the input at 2 ranks); the projections' all-to-all under
 activation checkpointing; the all-gather with the reduce-scatter of out_proj's shares (gather_scatter) under
 activation checkpointing; the same over symmetric memory (collectives="symmetric_memory": the all-gathers and
-reduce-scatters pipelined with their matmuls, padfree.parallel.fused); two rows accumulated per optimizer step (the gradient sum during each backward must not
-sum the first row's again: OverlappedGradReduce.prescale), with fp32 weights and bf16 autocast; the gradient sum
-after the backward (overlap_grad_reduce=False). Why fp32 weights for the accumulation: the two sides add the
-same four bf16 gradients in different orders (eager: each rank's two rows, then the ranks; captured: the ranks
-per row), and in bf16 that rounding flips the sign of near-cancelling gradient entries, which AdamW's first
-step turns into whole +-lr updates: the embedding then differed by 9.8% of its update (first GPU run of this
-test, fifteenth session). In fp32 the orders agree to ~1e-7, so a gradient summed twice or lost would show.
+reduce-scatters pipelined with their matmuls, padfree.parallel.fused); two rows accumulated per optimizer step (the
+gradient sum during each backward must not sum the first row's again: OverlappedGradReduce.prescale), with fp32
+weights and bf16 autocast; the gradient sum after the backward (overlap_grad_reduce=False); Ulysses with the
+family's GDN head dims (128), where FlashQLA runs each rank's gated delta rule when flash_qla is installed (a spy
+counts its fixed-shape calls). Why fp32 weights for the accumulation: the two sides add the same four bf16 gradients
+in different orders (eager: each rank's two rows, then the ranks; captured: the ranks per row), and in bf16 that
+rounding flips the sign of near-cancelling gradient entries, which AdamW's first step turns into whole +-lr updates:
+the embedding then differed by 9.8% of its update (first GPU run of this test, fifteenth session). In fp32 the
+orders agree to ~1e-7, so a gradient summed twice or lost would show.
 Claims, per setup:
 - the captured step replays (every optimizer step after the first two is a replay);
 - the loss of every step equals the eager step's within 2e-3 relative (both are bf16 runs of the same
@@ -61,7 +63,12 @@ SETUPS = {
     ),
     "ulysses, 2 rows per step, fp32 weights": ("ulysses", False, True, 2, torch.float32),
     "ulysses, sum after the backward": ("ulysses", False, False, 1, torch.bfloat16),
+    "ulysses, GDN head dims 128": ("ulysses", False, True, 1, torch.bfloat16),
 }
+# The family's GDN head dims (128): with the flash_qla package installed, FLA hands each rank's gated delta rule to
+# FlashQLA, which padfree's fixed-shape rows call with the plan made on the device (padfree.ops.gated_delta.
+# fla_backend); elsewhere the tiny model's 16 (FLA's own kernels).
+GDN_HEAD_DIM = {"ulysses, GDN head dims 128": 128}
 STEPS = 5  # optimizer steps per setup
 
 
@@ -103,6 +110,33 @@ def _graphed_step(step, rows) -> list[float]:
     return losses
 
 
+def _flash_qla_installed() -> bool:
+    try:
+        import flash_qla  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _spy_on_flash_qla() -> list:
+    """The fixed-shape (auto_cp=False) calls that reach FlashQLA, recorded (none without flash_qla)."""
+    calls = []
+    if not _flash_qla_installed():
+        return calls
+    import flash_qla
+
+    os.environ["FLA_FLASH_QLA"] = "1"
+    original = flash_qla.chunk_gated_delta_rule
+
+    def spy(*args, **kwargs):
+        if kwargs.get("auto_cp") is False:
+            calls.append(1)
+        return original(*args, **kwargs)
+
+    flash_qla.chunk_gated_delta_rule = spy
+    return calls
+
+
 def _worker(rank: int, init_file: str, out_file: str):
     from padfree.checkpointing import enable_checkpointing
     from padfree.cuda_graph import CudaGraphTrainStep
@@ -120,12 +154,16 @@ def _worker(rank: int, init_file: str, out_file: str):
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     with tempfile.TemporaryDirectory() as tmp:  # before init: every rank saves and loads its own copy
-        copies = {(name, side): load_tiny_model("qwen3_5", os.path.join(tmp, f"{side}{i}"), initializer_range=INIT_STD)
+        copies = {(name, side): load_tiny_model("qwen3_5", os.path.join(tmp, f"{side}{i}"), initializer_range=INIT_STD,
+                                                linear_key_head_dim=GDN_HEAD_DIM.get(name, 16),
+                                                linear_value_head_dim=GDN_HEAD_DIM.get(name, 16))
                   for i, name in enumerate(SETUPS) for side in ("eager", "graphed")}  # fmt: skip
+    flash_qla_calls = _spy_on_flash_qla()
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=2, device_id=device)
     results = {}
     try:
         for name, (spec, checkpointing, overlap, rows_per_step, dtype) in SETUPS.items():
+            flash_qla_calls.clear()
             models = {}
             for side in ("eager", "graphed"):
                 model = copies[(name, side)].to(device, dtype).train()
@@ -152,7 +190,8 @@ def _worker(rank: int, init_file: str, out_file: str):
                 weights.append((param, (p_g.float() - p_e.float()).norm().item(), update))
             results[name] = {"losses": losses, "weights": weights, "captured": step.captured, "updates": step.updates,
                              "overlapped": step.grad_reduce is not None,
-                             "documents": [len(layout) for layout in LAYOUTS]}  # fmt: skip
+                             "documents": [len(layout) for layout in LAYOUTS],
+                             "flash_qla_fixed_shape_calls": len(flash_qla_calls)}  # fmt: skip
             step.close()  # before the group goes (CudaGraphTrainStep.close): a first run hung in its teardown
         if rank == 0:
             with open(out_file, "w") as f:
@@ -176,6 +215,10 @@ def test_replayed_sharded_steps_train_what_eager_sharded_steps_train(results, na
     rows_per_step = SETUPS[name][3]
     assert result["captured"] and result["updates"] == STEPS  # steps 3.. ran as replays
     assert result["overlapped"] == SETUPS[name][2]
+    if GDN_HEAD_DIM.get(name) == 128 and _flash_qla_installed():
+        assert result["flash_qla_fixed_shape_calls"] > 0  # the sharded fixed-shape rows ran FlashQLA's kernels
+    else:
+        assert result["flash_qla_fixed_shape_calls"] == 0
     assert len(result["losses"]) == STEPS * rows_per_step
     assert all(docs > 1 for docs in result["documents"][:4])  # several documents per row, layouts that differ
     for i, (e, g) in enumerate(result["losses"]):

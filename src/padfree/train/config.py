@@ -60,8 +60,9 @@ class TrainConfig:
     compile_elementwise: bool = False  # torch.compile the norms and MLPs (padfree.patch compile_elementwise=)
     elementwise_backend: str = "auto"  # the norms and MLPs: auto (FLA's fused kernels on CUDA) | torch | fla
     loss_backend: str = "auto"  # the loss's per-chunk softmax: auto (FLA's kernels on CUDA) | torch | fla
-    # Replay each step from CUDA graphs (padfree.cuda_graph): one process, CUDA with FLA, a dense model; rows are
-    # padded to max_tokens (the graph's fixed shape) instead of to a multiple of pad_multiple.
+    # Replay each step from CUDA graphs (padfree.cuda_graph): CUDA with FLA, a dense model, one process or one
+    # Ulysses sequence-parallel group (torchrun, --sp-degree = the number of processes: no data parallelism); rows
+    # are padded to max_tokens (the graph's fixed shape) instead of to a multiple of pad_multiple.
     cuda_graph: bool = False
     # Under torchrun: ranks per sequence-parallel group, which split each packed row's tokens; the
     # world size must be a multiple, and the rest is data parallelism (padfree.train.distributed).
@@ -232,10 +233,10 @@ def validate(config: TrainConfig) -> None:
             raise TrainError(f"--{key.replace('_', '-')} must be >= 0, got {value}.")
     if config.cuda_graph and config.compile_elementwise:
         raise TrainError("--cuda-graph does not cover --compile-elementwise; drop one of them.")
-    if config.cuda_graph and config.sp_degree > 1:
+    if config.cuda_graph and config.sp_degree > 1 and config.sp_mode == "context":
         raise TrainError(
-            "--cuda-graph does not cover sequence parallelism (--sp-degree > 1) in padfree train yet; drop one of "
-            "them, or capture the sharded step in your own loop with padfree.CudaGraphTrainStep (Ulysses; README)."
+            "--cuda-graph runs sequence parallelism as Ulysses only: context parallelism cuts each row's documents on "
+            "the host, which a CUDA graph cannot replay; pass --sp-mode ulysses (or auto), or drop --cuda-graph."
         )
     if config.sp_collectives == "symmetric_memory" and (config.device == "cpu" or config.sp_degree == 1):
         raise TrainError(

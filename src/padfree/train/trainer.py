@@ -18,6 +18,10 @@ r-th block of grad_accum; the sp ranks of a dp group shard its rows. The trained
 all-reduced over dp before the first forward, gradients are summed over all ranks by FSDP2, and the
 loss is each rank's share summed. Rank 0 alone prints, logs and writes; the ranks agree after
 every phase that can fail on one of them, so an error stops all of them instead of hanging.
+
+With --cuda-graph under torchrun the processes form one Ulysses group, without data parallelism:
+the weights stay whole on every rank (no FSDP2), each rank hands the step the whole row and keeps
+its slice, and the captured step sums the gradients and the loss over the group itself.
 """
 
 from __future__ import annotations
@@ -105,13 +109,22 @@ def _plain_scheduler_state(scheduler) -> dict:
 
 
 def _graph_step(config: TrainConfig, model, optimizer, stream, precision, d: Dist):
-    """padfree.cuda_graph's step for --cuda-graph (None without it); its refusals become TrainErrors."""
+    """padfree.cuda_graph's step for --cuda-graph (None without it), on one GPU or sharded over the sp group
+    (Ulysses; train() refused data parallelism); its refusals become TrainErrors."""
     if not config.cuda_graph:
         return None
     from padfree.cuda_graph import CudaGraphTrainStep
 
-    if d.distributed:
-        raise TrainError("--cuda-graph runs in one process; launch padfree train without torchrun, or drop it.")
+    from padfree.static_row import patched_settings
+
+    sp = patched_settings(model)["sequence_parallel"]
+    if sp is not None and (context := sorted(kind for kind, mode in sp.layer_modes.items() if mode != "ulysses")):
+        raise TrainError(
+            f"--cuda-graph --sp-degree {config.sp_degree}: --sp-mode {config.sp_mode} runs the {' and '.join(context)} "
+            f"layers with context parallelism ({config.sp_degree} does not divide their heads), which cuts each row's "
+            "documents on the host and so cannot be replayed from a CUDA graph; pass an --sp-degree that divides the "
+            "model's heads (Ulysses), or drop --cuda-graph."
+        )
     max_docs = max(len(row) for row in stream.plan.rows) + 1  # + the padding document of padfree.collate(pad_to=)
     try:
         return CudaGraphTrainStep(
@@ -151,7 +164,17 @@ def train(
     """Run `config` (from padfree.train.load); raises TrainError, before writing anything, on bad input.
     Under torchrun every rank calls this; rank 0 prints, logs and writes (padfree.train.distributed)."""
     out = out if out is not None else sys.stdout  # resolved per call, so redirected stdout is honoured
-    out = out if distributed.world_from_env()[1] == 0 else distributed.SILENT
+    world_size, rank, _ = distributed.world_from_env()
+    out = out if rank == 0 else distributed.SILENT
+    if config.cuda_graph and world_size > config.sp_degree:
+        # The captured step sums gradients over one sequence-parallel group inside its graphs; FSDP2's sharded
+        # parameters (data parallelism here) are gathered and freed by hooks around each layer, outside them.
+        raise TrainError(
+            f"--cuda-graph covers one process, or one sequence-parallel group (--sp-degree = the number of "
+            f"processes), but this run has {world_size} processes and --sp-degree {config.sp_degree}, which leaves "
+            f"data parallelism; launch --sp-degree processes (torchrun --nproc-per-node {config.sp_degree}), pass "
+            f"--sp-degree {world_size}, or drop --cuda-graph."
+        )
     output_dir = Path(config.output_dir)
     existing = ckpt.previous_run_files(output_dir)
     if existing and resume_from is None and not config.overwrite:
@@ -211,7 +234,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
     distributed.agree(d, error, "while preparing the run")
     description = _describe_model(config, model, device, precision)
     num_params = parameter_counts(model)[0]
-    model = distributed.shard_model(model, d)
+    if not config.cuda_graph:  # the captured step keeps the weights whole on every rank of its group (_graph_step)
+        model = distributed.shard_model(model, d)
     optimizer, scheduler, warmup = make_optimizer(model, config, total_steps)
     if state is not None:
         ckpt.load_optimizer_state(model, optimizer, state["optimizer"], d.distributed)
@@ -222,9 +246,12 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
 
     print(description, file=out)
     if d.distributed:
+        weights = "FSDP2 over all of them"
+        if graph_step is not None:
+            weights = "weights whole on each, gradients summed in the graph"
         print(
             f"parallel: {d.world_size} processes = {d.dp_size} data-parallel x {d.sp_size} sequence-parallel"
-            f"{f' ({config.sp_mode})' if d.sp_size > 1 else ''}; FSDP2 over all of them",
+            f"{f' ({config.sp_mode})' if d.sp_size > 1 else ''}; {weights}",
             file=out,
         )
     if graph_step is not None:
@@ -310,7 +337,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_value = distributed.sum_over(loss_sum, d, None).item()  # each rank holds its tokens' share
+            # Each rank holds its tokens' share; the captured step's loss is already summed over its sp group.
+            loss_value = distributed.sum_over(loss_sum, d, None if graph_step is None else "dp").item()
             if not math.isfinite(loss_value):
                 raise TrainError(f"the loss is {loss_value} at step {step + 1}; lower --lr (now {config.lr:g}).")
             seconds = time.perf_counter() - step_start
@@ -334,6 +362,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
                 })  # fmt: skip
     finally:
         logger.close()
+        if graph_step is not None:  # before the process group goes: see CudaGraphTrainStep.close
+            graph_step.close()
     seconds = time.perf_counter() - started
     history = read_metrics(output_dir / "metrics.jsonl") if d.is_main else logged
     result = TrainResult(
