@@ -40,7 +40,7 @@ from padfree.parallel.grad_reduce import overlapped_grad_reduce
 from padfree.parallel.mesh import reduce_gradients
 from padfree.static_row import StaticRow, fla_tensor_cache_off, patched_settings, static_row_loss
 
-__all__ = ["CudaGraphTrainStep", "check_graphable"]
+__all__ = ["CudaGraphTrainStep", "check_graphable", "context_parallel_layers"]
 
 
 def check_graphable(
@@ -95,10 +95,14 @@ def check_graphable(
             )
 
 
+def context_parallel_layers(sp) -> list[str]:
+    """The layer kinds a patched SequenceParallel runs with context parallelism, which a graph cannot replay."""
+    return sorted(kind for kind, mode in sp.layer_modes.items() if mode != "ulysses")
+
+
 def _check_graphable_sp(sp) -> None:
     """Refuse the sequence-parallel setups a graph cannot replay (see the module docstring)."""
-    context = sorted(kind for kind, mode in sp.layer_modes.items() if mode != "ulysses")
-    if context:
+    if context := context_parallel_layers(sp):
         raise ValueError(
             f"the captured step runs sequence parallelism as Ulysses only, but the {' and '.join(context)} layers "
             f"were patched for context parallelism, which cuts each row's documents on the host; patch with "

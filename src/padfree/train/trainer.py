@@ -20,8 +20,8 @@ loss is each rank's share summed. Rank 0 alone prints, logs and writes; the rank
 every phase that can fail on one of them, so an error stops all of them instead of hanging.
 
 With --cuda-graph under torchrun the processes form one Ulysses group, without data parallelism:
-the weights stay whole on every rank (no FSDP2), each rank hands the step the whole row and keeps
-its slice, and the captured step sums the gradients and the loss over the group itself.
+the weights stay whole on every rank (no FSDP2) and the captured step sums the gradients and the
+loss over the group itself (padfree.train.graph).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from padfree.collate import collate
 from padfree.corpus import bundled_path
 from padfree.loss import count_trained_tokens
 from padfree.train import checkpoint as ckpt
-from padfree.train import distributed
+from padfree.train import distributed, graph
 from padfree.train.config import TrainConfig, changed_curve_settings, dumps, saved_setting
 from padfree.train.data import load_training_data, save_cache
 from padfree.train.distributed import Dist
@@ -91,51 +91,6 @@ def make_optimizer(model, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor), warmup
 
 
-def _lr_in_tensors(optimizer) -> None:
-    """--cuda-graph after loading a checkpoint's optimizer state, which replaces the groups' values: the
-    learning rate back in device tensors, which the graph reads in place (a float would be baked in).
-    Resuming across modes is refused (see `train`), so this is the only conversion needed."""
-    for group in optimizer.param_groups:
-        for key in ("lr", "initial_lr"):
-            if key in group and not isinstance(group[key], torch.Tensor):
-                group[key] = torch.tensor(float(group[key]), device=group["params"][0].device)
-
-
-def _plain_scheduler_state(scheduler) -> dict:
-    """The schedule's state with learning rates as floats. --cuda-graph keeps them in CUDA tensors (see
-    make_optimizer); floats load on any device, and the schedule writes them into the tensors in place."""
-    return {key: [float(v) for v in value] if isinstance(value, list) and value and isinstance(value[0], torch.Tensor)
-            else value for key, value in scheduler.state_dict().items()}  # fmt: skip
-
-
-def _graph_step(config: TrainConfig, model, optimizer, stream, precision, d: Dist):
-    """padfree.cuda_graph's step for --cuda-graph (None without it), on one GPU or sharded over the sp group
-    (Ulysses; train() refused data parallelism); its refusals become TrainErrors."""
-    if not config.cuda_graph:
-        return None
-    from padfree.cuda_graph import CudaGraphTrainStep
-
-    from padfree.static_row import patched_settings
-
-    sp = patched_settings(model)["sequence_parallel"]
-    if sp is not None and (context := sorted(kind for kind, mode in sp.layer_modes.items() if mode != "ulysses")):
-        raise TrainError(
-            f"--cuda-graph --sp-degree {config.sp_degree}: --sp-mode {config.sp_mode} runs the {' and '.join(context)} "
-            f"layers with context parallelism ({config.sp_degree} does not divide their heads), which cuts each row's "
-            "documents on the host and so cannot be replayed from a CUDA graph; pass an --sp-degree that divides the "
-            "model's heads (Ulysses), or drop --cuda-graph."
-        )
-    max_docs = max(len(row) for row in stream.plan.rows) + 1  # + the padding document of padfree.collate(pad_to=)
-    try:
-        return CudaGraphTrainStep(
-            model, optimizer, config.max_tokens, max_docs, eager_steps=1,
-            autocast_dtype=precision.compute if precision.autocast else None,
-            max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else float("inf"),
-        )  # fmt: skip
-    except ValueError as error:
-        raise TrainError(f"--cuda-graph: {error}") from None
-
-
 def _to_device(batch: dict, device: torch.device) -> dict:
     # cu_seq_lens stay on the host: padfree then builds its packed-row metadata without a device sync.
     return {
@@ -166,15 +121,7 @@ def train(
     out = out if out is not None else sys.stdout  # resolved per call, so redirected stdout is honoured
     world_size, rank, _ = distributed.world_from_env()
     out = out if rank == 0 else distributed.SILENT
-    if config.cuda_graph and world_size > config.sp_degree:
-        # The captured step sums gradients over one sequence-parallel group inside its graphs; FSDP2's sharded
-        # parameters (data parallelism here) are gathered and freed by hooks around each layer, outside them.
-        raise TrainError(
-            f"--cuda-graph covers one process, or one sequence-parallel group (--sp-degree = the number of "
-            f"processes), but this run has {world_size} processes and --sp-degree {config.sp_degree}, which leaves "
-            f"data parallelism; launch --sp-degree processes (torchrun --nproc-per-node {config.sp_degree}), pass "
-            f"--sp-degree {world_size}, or drop --cuda-graph."
-        )
+    graph.check_world(config, world_size)
     output_dir = Path(config.output_dir)
     existing = ckpt.previous_run_files(output_dir)
     if existing and resume_from is None and not config.overwrite:
@@ -241,8 +188,8 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
         ckpt.load_optimizer_state(model, optimizer, state["optimizer"], d.distributed)
         scheduler.load_state_dict(state["scheduler"])
         if config.cuda_graph:
-            _lr_in_tensors(optimizer)
-    graph_step = _graph_step(config, model, optimizer, stream, precision, d)  # checks before anything is written
+            graph.lr_in_tensors(optimizer)
+    graph_step = graph.graph_step(config, model, optimizer, stream, precision)  # checks before anything is written
 
     print(description, file=out)
     if d.distributed:
@@ -356,7 +303,7 @@ def _train(config: TrainConfig, resume_from: Path | None, saved: dict | None, ou
             done = step + 1
             if done == total_steps or (config.save_every and done % config.save_every == 0):
                 last_saved = _save(config, output_dir, done, model, tokenizer, optimizer, d, {
-                    "step": done, "scheduler": _plain_scheduler_state(scheduler),
+                    "step": done, "scheduler": graph.plain_scheduler_state(scheduler),
                     "rng": ckpt.rng_state(device, d.distributed),
                     "tokens_seen": tokens_seen, "dp_size": d.dp_size, "padfree_version": padfree.__version__,
                 })  # fmt: skip
