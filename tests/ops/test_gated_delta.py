@@ -410,32 +410,49 @@ def test_fla_fixed_shape_calls_go_below_flas_dispatch():
     assert without_dispatch(public)(1) == 2
 
 
+FLASH_QLA_BACKEND = "fla.ops.gated_delta_rule.backends.flash_qla"  # FLA 0.6's module of its FlashQLA backend
+
+
 def test_fla_without_a_flash_qla_backend_never_takes_that_route(monkeypatch):
     """An FLA release without the FlashQLA backend module: fixed-shape rows go to FLA's own kernels (no ImportError
     in the middle of a step)."""
     import sys
 
+    from padfree.ops import _backend
     from padfree.ops.gated_delta.fla_backend import flash_qla_takes
 
-    monkeypatch.setitem(sys.modules, "fla.ops.gated_delta_rule.backends.flash_qla", None)  # import raises
+    monkeypatch.setattr(_backend, "fla_available", lambda: True)  # FLA "installed", its backend module not
+    monkeypatch.setitem(sys.modules, FLASH_QLA_BACKEND, None)  # import raises
     q = torch.zeros(1, 4, 1, 128)
     assert flash_qla_takes(q, q, q, q[..., 0], q[..., 0], None, {}) is False
 
 
 def test_flash_qla_dispatch_is_reported_as_fla_decides_it(monkeypatch):
-    """`padfree check` and `padfree bench` say when FLA hands the op to FlashQLA: flash_qla importable and
-    FLA_FLASH_QLA not "0" (FLA 0.6's rule, read per call)."""
-    import importlib.util
+    """`padfree check` and `padfree bench` say when FLA hands the op to FlashQLA by asking FLA's own FlashQLA backend
+    (installed and enabled: FLA_FLASH_QLA, read per call), never restating its rule; False without FLA."""
+    import sys
+    import types
 
-    from padfree.ops._backend import flash_qla_dispatched
+    from padfree.ops import _backend
 
-    real_find_spec = importlib.util.find_spec
-    installed = {"flash_qla": False}
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if installed.get(name) else real_find_spec(name, *a))  # fmt: skip
-    monkeypatch.delenv("FLA_FLASH_QLA", raising=False)
-    assert not flash_qla_dispatched()
-    installed["flash_qla"] = True
-    assert flash_qla_dispatched()
-    monkeypatch.setenv("FLA_FLASH_QLA", "0")
-    assert not flash_qla_dispatched()
+    answers = {"installed": True, "enabled": True}
+
+    class FlashQLABackend:  # FLA's class, as padfree uses it
+        @classmethod
+        def is_available(cls) -> bool:
+            return answers["installed"]
+
+        def is_enabled(self) -> bool:
+            return answers["enabled"]
+
+    module = types.ModuleType(FLASH_QLA_BACKEND)
+    module.FlashQLABackend = FlashQLABackend
+    monkeypatch.setitem(sys.modules, FLASH_QLA_BACKEND, module)
+    monkeypatch.setattr(_backend, "fla_available", lambda: False)
+    assert not _backend.flash_qla_dispatched()  # no FLA: nothing dispatches
+    monkeypatch.setattr(_backend, "fla_available", lambda: True)
+    assert _backend.flash_qla_dispatched()
+    answers["enabled"] = False  # FLA_FLASH_QLA=0
+    assert not _backend.flash_qla_dispatched()
+    answers.update(installed=False, enabled=True)  # flash_qla not installed
+    assert not _backend.flash_qla_dispatched()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import warnings
 
 import torch
@@ -32,11 +31,18 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def flash_qla_dispatched() -> bool:
-    """Whether FLA hands the gated delta rule to FlashQLA's kernels: FLA 0.6 does when the `flash_qla` package
-    imports, unless FLA_FLASH_QLA=0 (read per call, as FLA does), for the calls FlashQLA takes (head dims 128,
-    16-bit inputs, no in-kernel gates). Fixed-shape rows (CUDA-graph steps) get it without its context
+    """Whether FLA hands the gated delta rule to FlashQLA's kernels, for the calls FlashQLA takes (head dims 128,
+    16-bit inputs, no in-kernel gates), as FLA's own FlashQLA backend decides it: in FLA 0.6, when the
+    `flash_qla` package is installed, unless FLA_FLASH_QLA=0 (read per call). False without FLA, or with an FLA
+    release that has no such backend. Fixed-shape rows (CUDA-graph steps) get it without its context
     parallelism (padfree.ops.gated_delta.fla_backend)."""
-    return importlib.util.find_spec("flash_qla") is not None and os.environ.get("FLA_FLASH_QLA", "1") != "0"
+    if not fla_available():
+        return False
+    try:
+        from fla.ops.gated_delta_rule.backends.flash_qla import FlashQLABackend
+    except ImportError:
+        return False
+    return FlashQLABackend.is_available() and FlashQLABackend().is_enabled()
 
 
 @functools.cache

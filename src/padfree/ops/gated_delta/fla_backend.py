@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from padfree.ops._backend import flash_qla_dispatched
 from padfree.ops.fla_offsets import fla_offsets
 from padfree.varlen import CHUNK
 
@@ -78,17 +79,16 @@ def chunk_gated_delta_rule(
 
 
 def flash_qla_takes(q, k, v, g, beta, initial_state, gate_kwargs: dict) -> bool:
-    """Whether FLA's dispatch would hand this call to FlashQLA: installed, enabled (FLA_FLASH_QLA), and
-    accepted by FLA's own verifier (GPU architecture, dtypes, head dims 128, no in-kernel gates)."""
-    try:
-        from fla.ops.gated_delta_rule.backends.flash_qla import FlashQLABackend
-    except ImportError:  # an FLA release without the FlashQLA backend never dispatches to it
+    """Whether FLA's dispatch would hand this call to FlashQLA: installed and enabled (`flash_qla_dispatched`: an FLA
+    release without the FlashQLA backend never dispatches to it), and accepted by FLA's own verifier (GPU
+    architecture, dtypes, head dims 128, no in-kernel gates)."""
+    if not flash_qla_dispatched():
         return False
+    from fla.ops.gated_delta_rule.backends.flash_qla import FlashQLABackend
 
-    backend = FlashQLABackend()
-    if not (backend.is_available() and backend.is_enabled()):
-        return False
-    accepted, _ = backend.verify("chunk_gated_delta_rule", q, k, v, g, beta, initial_state=initial_state, **gate_kwargs)
+    accepted, _ = FlashQLABackend().verify(
+        "chunk_gated_delta_rule", q, k, v, g, beta, initial_state=initial_state, **gate_kwargs
+    )
     if not accepted:
         return False
     from flash_qla.ops.gated_delta_rule.chunk import CHUNK_SIZE
